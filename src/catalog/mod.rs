@@ -1,0 +1,393 @@
+//! Read-only TimescaleDB introspection. Nothing in this module writes.
+
+mod columns;
+mod sql;
+
+pub use columns::{column_differences, hypertable_columns, relation_columns, Column};
+
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::ident::QualifiedName;
+
+/// The oldest TimescaleDB release hyperfill knows the catalog of.
+pub const MIN_SUPPORTED: Version = Version(2, 16, 0);
+
+/// A TimescaleDB version, from `pg_extension.extversion` (`2.19.3`, `2.20.0-dev`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u32, pub u32, pub u32);
+
+impl Version {
+    pub fn parse(text: &str) -> Option<Self> {
+        let core = text.split(['-', '+']).next()?;
+        let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+        let major = parts.next()??;
+        let minor = parts.next().unwrap_or(Some(0))?;
+        let patch = parts.next().unwrap_or(Some(0))?;
+        Some(Version(major, minor, patch))
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+/// What one side runs: the extension's version text, the schema it lives in,
+/// and where its internal functions are.
+#[derive(Debug, Clone)]
+pub struct Extension {
+    pub version_text: String,
+    pub version: Version,
+    pub schema: String,
+    /// `_timescaledb_functions` (2.12 and later).
+    pub functions_schema: String,
+}
+
+/// Read the timescaledb extension of one side.
+pub async fn extension(db: &Db) -> Result<Extension> {
+    let row = db
+        .query_opt(sql::EXTENSION, &[], "reading the timescaledb extension")
+        .await?;
+    let Some(row) = row else {
+        return Err(Error::Precondition {
+            side: db.side,
+            message: "the timescaledb extension is not installed in this database. \
+                 Connect to the database that holds the hypertables, or run \
+                 `CREATE EXTENSION timescaledb` there (on the target, restore the \
+                 source's schema with pg_dump first)"
+                .to_string(),
+        });
+    };
+    let version_text: String = row.get(0);
+    let schema: String = row.get(1);
+    let functions_schema: String = row.get(2);
+    let version = Version::parse(&version_text).ok_or_else(|| Error::Precondition {
+        side: db.side,
+        message: format!("cannot understand the timescaledb version '{version_text}'"),
+    })?;
+    Ok(Extension {
+        version_text,
+        version,
+        schema,
+        functions_schema,
+    })
+}
+
+/// Source and target must run exactly the same TimescaleDB release.
+pub fn ensure_compatible(source: &Extension, target: &Extension) -> Result<()> {
+    if source.version_text != target.version_text {
+        return Err(Error::Incompatible(format!(
+            "TimescaleDB versions differ: source runs {s}, target runs {t}. \
+             They must be exactly the same: on the database with the older one, run \
+             `ALTER EXTENSION timescaledb UPDATE TO '{newer}';` (as the first command of a \
+             fresh session, e.g. `psql -X -c ...`), or install {s} on the target. \
+             Nothing was changed.",
+            s = source.version_text,
+            t = target.version_text,
+            newer = if source.version >= target.version {
+                &source.version_text
+            } else {
+                &target.version_text
+            },
+        )));
+    }
+    if source.version < MIN_SUPPORTED {
+        return Err(Error::Incompatible(format!(
+            "TimescaleDB {} is older than the oldest release hyperfill supports ({}). \
+             Update the extension on both sides first. Nothing was changed.",
+            source.version_text, MIN_SUPPORTED
+        )));
+    }
+    Ok(())
+}
+
+/// The time type of a hypertable's first open (time) dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum TimeType {
+    TimestampTz,
+    Timestamp,
+    Date,
+    SmallInt,
+    Int,
+    BigInt,
+}
+
+impl TimeType {
+    /// From `format_type()` of the dimension's column type.
+    pub fn from_pg(name: &str) -> Option<Self> {
+        Some(match name {
+            "timestamp with time zone" | "timestamptz" => TimeType::TimestampTz,
+            "timestamp without time zone" | "timestamp" => TimeType::Timestamp,
+            "date" => TimeType::Date,
+            "smallint" | "int2" => TimeType::SmallInt,
+            "integer" | "int4" | "int" => TimeType::Int,
+            "bigint" | "int8" => TimeType::BigInt,
+            _ => return None,
+        })
+    }
+
+    /// The type's SQL name, safe to splice into a cast.
+    pub fn sql(self) -> &'static str {
+        match self {
+            TimeType::TimestampTz => "timestamptz",
+            TimeType::Timestamp => "timestamp",
+            TimeType::Date => "date",
+            TimeType::SmallInt => "smallint",
+            TimeType::Int => "integer",
+            TimeType::BigInt => "bigint",
+        }
+    }
+
+    pub fn is_integer(self) -> bool {
+        matches!(self, TimeType::SmallInt | TimeType::Int | TimeType::BigInt)
+    }
+}
+
+/// One dimension slice of a chunk, in TimescaleDB's internal int64 form.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Slice {
+    pub column: String,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// A source chunk as the catalog describes it.
+#[derive(Debug, Clone)]
+pub struct SourceChunk {
+    pub hypertable: QualifiedName,
+    /// The continuous aggregate's view, when the hypertable materializes one.
+    pub cagg: Option<QualifiedName>,
+    pub chunk: QualifiedName,
+    pub compressed_chunk: Option<QualifiedName>,
+    pub time_column: String,
+    /// `format_type()` of the time column's type.
+    pub time_type_name: String,
+    pub time_start: i64,
+    pub time_end: i64,
+    /// Every dimension's slice, sorted by column name.
+    pub slices: Vec<Slice>,
+    pub size_bytes: i64,
+}
+
+/// A hypertable selected by the filter, whether or not it has chunks.
+#[derive(Debug, Clone)]
+pub struct SelectedHypertable {
+    pub hypertable: QualifiedName,
+    pub cagg: Option<QualifiedName>,
+    pub time_column: String,
+    pub time_type_name: String,
+}
+
+/// Filter options of `stage`.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub filter: Option<String>,
+    pub cascade_up: bool,
+    pub cascade_down: bool,
+}
+
+/// Check a user regex on the server that will evaluate it.
+pub async fn validate_regex(db: &Db, regex: &str) -> Result<()> {
+    match db.client.query_one(sql::VALIDATE_REGEX, &[&regex]).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_REGULAR_EXPRESSION) =>
+        {
+            Err(Error::InvalidArgument(format!(
+                "--filter '{regex}' is not a valid regular expression: {}",
+                crate::error::pg_text(&e)
+            )))
+        }
+        Err(e) => Err(Error::db(
+            db.side,
+            "checking the --filter regular expression",
+            e,
+        )),
+    }
+}
+
+/// The hypertables (and continuous-aggregate materializations) the selection matches.
+pub async fn selected_hypertables(db: &Db, sel: &Selection) -> Result<Vec<SelectedHypertable>> {
+    let rows = db
+        .query(
+            sql::SELECTED_HYPERTABLES,
+            &[&sel.filter, &sel.cascade_up, &sel.cascade_down],
+            "reading hypertables from the TimescaleDB catalog",
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| SelectedHypertable {
+            hypertable: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            cagg: opt_name(r.get(2), r.get(3)),
+            time_column: r.get(4),
+            time_type_name: r.get(5),
+        })
+        .collect())
+}
+
+/// Every non-dropped chunk of the selected hypertables, newest first.
+pub async fn source_chunks(db: &Db, sel: &Selection) -> Result<Vec<SourceChunk>> {
+    let rows = db
+        .query(
+            sql::SOURCE_CHUNKS,
+            &[&sel.filter, &sel.cascade_up, &sel.cascade_down],
+            "reading chunks from the TimescaleDB catalog",
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let slices_json: serde_json::Value = r.get(11);
+            Ok(SourceChunk {
+                hypertable: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                cagg: opt_name(r.get(2), r.get(3)),
+                time_column: r.get(4),
+                time_type_name: r.get(5),
+                chunk: QualifiedName::new(r.get::<_, String>(6), r.get::<_, String>(7)),
+                compressed_chunk: opt_name(r.get(8), r.get(9)),
+                time_start: r.get::<_, i64>(10),
+                time_end: r.get::<_, i64>(12),
+                slices: parse_slices(&slices_json)?,
+                size_bytes: r.get(13),
+            })
+        })
+        .collect()
+}
+
+/// Chunks of one target hypertable, keyed by their slices.
+pub async fn target_chunks_by_slices(
+    db: &Db,
+    hypertable: &QualifiedName,
+) -> Result<Vec<(Vec<Slice>, QualifiedName)>> {
+    let rows = db
+        .query(
+            sql::CHUNKS_OF_HYPERTABLE,
+            &[&hypertable.schema, &hypertable.name],
+            &format!("reading the chunks of {hypertable}"),
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let slices_json: serde_json::Value = r.get(2);
+            Ok((
+                parse_slices(&slices_json)?,
+                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            ))
+        })
+        .collect()
+}
+
+/// Whether a chunk still exists and is not marked dropped.
+pub async fn chunk_exists(db: &Db, chunk: &QualifiedName) -> Result<bool> {
+    let row = db
+        .query_one(
+            sql::CHUNK_EXISTS,
+            &[&chunk.schema, &chunk.name],
+            &format!("looking up chunk {chunk}"),
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Whether a (regular) relation of that name exists.
+pub async fn relation_exists(db: &Db, rel: &QualifiedName) -> Result<bool> {
+    let row = db
+        .query_one(
+            sql::RELATION_EXISTS,
+            &[&rel.sql()],
+            &format!("looking up {rel}"),
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+fn opt_name(schema: Option<String>, name: Option<String>) -> Option<QualifiedName> {
+    match (schema, name) {
+        (Some(s), Some(n)) => Some(QualifiedName::new(s, n)),
+        _ => None,
+    }
+}
+
+/// `{"col": [start, end], ...}` into slices sorted by column.
+pub fn parse_slices(v: &serde_json::Value) -> Result<Vec<Slice>> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::Internal(format!("unexpected slice description {v}")))?;
+    let mut out = Vec::with_capacity(obj.len());
+    for (col, range) in obj {
+        let start = range.get(0).and_then(|x| x.as_i64());
+        let end = range.get(1).and_then(|x| x.as_i64());
+        match (start, end) {
+            (Some(start), Some(end)) => out.push(Slice {
+                column: col.clone(),
+                start,
+                end,
+            }),
+            _ => return Err(Error::Internal(format!("unexpected slice description {v}"))),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Slices as the jsonb object `create_chunk` takes.
+pub fn slices_json(slices: &[Slice]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for s in slices {
+        m.insert(s.column.clone(), serde_json::json!([s.start, s.end]));
+    }
+    serde_json::Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(Version::parse("2.19.3"), Some(Version(2, 19, 3)));
+        assert_eq!(Version::parse("2.20.0-dev"), Some(Version(2, 20, 0)));
+        assert_eq!(Version::parse("2.9"), Some(Version(2, 9, 0)));
+        assert!(Version(2, 19, 3) > Version(2, 16, 0));
+        assert_eq!(Version::parse("x"), None);
+    }
+
+    #[test]
+    fn slices_round_trip_sorted() {
+        let v = serde_json::json!({"time": [10, 20], "device": [-5, 7]});
+        let s = parse_slices(&v).unwrap();
+        assert_eq!(s[0].column, "device");
+        assert_eq!(slices_json(&s), v);
+    }
+
+    #[test]
+    fn version_mismatch_names_both_versions_and_the_fix() {
+        let mk = |v: &str| Extension {
+            version_text: v.into(),
+            version: Version::parse(v).unwrap(),
+            schema: "public".into(),
+            functions_schema: "_timescaledb_functions".into(),
+        };
+        let err = ensure_compatible(&mk("2.19.3"), &mk("2.18.0")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("2.19.3") && msg.contains("2.18.0"), "{msg}");
+        assert!(
+            msg.contains("ALTER EXTENSION timescaledb UPDATE TO '2.19.3'"),
+            "{msg}"
+        );
+        assert_eq!(err.exit_code(), 3);
+    }
+
+    #[test]
+    fn time_types() {
+        assert_eq!(
+            TimeType::from_pg("timestamp with time zone"),
+            Some(TimeType::TimestampTz)
+        );
+        assert_eq!(TimeType::from_pg("bigint"), Some(TimeType::BigInt));
+        assert_eq!(TimeType::from_pg("uuid"), None);
+    }
+}

@@ -1,0 +1,121 @@
+//! Command-line definitions (clap derive types only). Flags and short forms
+//! are compatible with timescaledb-backfill.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hyperfill",
+    version,
+    about = "Backfill TimescaleDB hypertables from a source to a target database, chunk by chunk",
+    long_about = "Backfill TimescaleDB hypertables (plain, compressed and continuous-aggregate \
+materializations) from a source database to a target database, chunk by chunk, in parallel and \
+resumably, up to a completion point given with --until.\n\n\
+A day of work: stage, copy (interrupt and re-run at will), verify, clean."
+)]
+pub struct Cli {
+    /// Accepted for compatibility with timescaledb-backfill; hyperfill sends no telemetry.
+    #[arg(long, global = true, hide = true)]
+    pub disable_telemetry: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create copy tasks for the chunks of hypertables and continuous aggregates
+    Stage(StageArgs),
+    /// Copy the staged chunks from the source to the target
+    Copy(CopyArgs),
+    /// Compare each copied chunk on both sides
+    Verify(VerifyArgs),
+    /// Drop hyperfill's queue schema from the target
+    Clean(CleanArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ConnArgs {
+    /// Source connection string (libpq URL or key=value)
+    #[arg(long, env = "HYPERFILL_SOURCE", hide_env_values = true)]
+    pub source: String,
+    /// Target connection string (libpq URL or key=value)
+    #[arg(long, env = "HYPERFILL_TARGET", hide_env_values = true)]
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+
+    /// Completion point T (exclusive): rows with time < T are copied. Parsed as
+    /// each hypertable's time column type (timestamptz, timestamp, date, integers)
+    #[arg(short = 'u', long)]
+    pub until: String,
+
+    /// Start point (inclusive): rows with time >= FROM are copied
+    #[arg(short = 'F', long)]
+    pub from: Option<String>,
+
+    /// Case-insensitive POSIX regex on schema.table of hypertables and
+    /// schema.view of continuous aggregates
+    #[arg(short = 'f', long)]
+    pub filter: Option<String>,
+
+    /// With --filter, also stage the continuous aggregates built on the matches
+    #[arg(short = 'U', long)]
+    pub cascade_up: bool,
+
+    /// With --filter, also stage what the matched continuous aggregates are built on
+    #[arg(short = 'D', long)]
+    pub cascade_down: bool,
+
+    /// A snapshot exported from the source (pg_export_snapshot()) to read all chunks in
+    #[arg(short = 's', long)]
+    pub snapshot: Option<String>,
+
+    /// List what would be staged and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+
+    /// Number of workers; each holds one source and one target connection
+    #[arg(short = 'p', long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=512))]
+    pub parallelism: u16,
+
+    /// How many times a task is tried when it fails with a retryable error
+    /// (lost connection, serialization failure, deadlock, shutdown)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+
+    /// Run ANALYZE on each target chunk after it is copied
+    #[arg(long)]
+    pub analyze: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+
+    /// Number of workers
+    #[arg(short = 'p', long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=512))]
+    pub parallelism: u16,
+
+    /// Verify again the chunks that were verified before
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// Target connection string (libpq URL or key=value)
+    #[arg(long, env = "HYPERFILL_TARGET", hide_env_values = true)]
+    pub target: String,
+}

@@ -1,0 +1,365 @@
+//! `copy`: run the queue with N workers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::catalog;
+use crate::copy::{self, Context, Outcome};
+use crate::db::{ConnInfo, Db};
+use crate::error::{Error, Result};
+use crate::ident::{quote_literal, QualifiedName};
+use crate::queue::{self, AfterFailure, CopyDone, Task};
+use crate::ui;
+use crate::worker::{self, Conns, Job, PoolConfig, Shutdown, Step, StepError};
+
+pub struct CopyConfig {
+    pub source: ConnInfo,
+    pub target: ConnInfo,
+    pub parallelism: usize,
+    pub max_attempts: u32,
+    pub analyze: bool,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CopyReport {
+    pub copied: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub remaining: u64,
+}
+
+pub enum Event {
+    Copied {
+        chunk: QualifiedName,
+        rows: u64,
+        bytes: u64,
+        elapsed: std::time::Duration,
+    },
+    Skipped {
+        chunk: QualifiedName,
+    },
+    Failed {
+        chunk: QualifiedName,
+        error: String,
+        final_attempt: bool,
+        attempt: u32,
+    },
+}
+
+struct CopyJob {
+    ctx: Context,
+    run_started: SystemTime,
+    max_attempts: u32,
+    analyze: bool,
+    /// Chunk and attempts of every task this process tried, for failure records.
+    tried: Mutex<HashMap<i64, (QualifiedName, u32)>>,
+}
+
+/// Begin the source transaction of a task: read-only, one snapshot, the
+/// exported one when staged with `--snapshot`.
+pub async fn begin_source(src: &Db, task: &Task) -> Result<()> {
+    src.batch(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        "starting a transaction",
+    )
+    .await?;
+    if let Some(s) = &task.snapshot {
+        src.batch(
+            &format!("SET TRANSACTION SNAPSHOT {}", quote_literal(s)),
+            &format!("importing the staged snapshot {s} (the transaction that exported it must still be open)"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+impl CopyJob {
+    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError> {
+        c.tgt
+            .batch(
+                "BEGIN; SET LOCAL synchronous_commit = off",
+                "starting a transaction",
+            )
+            .await?;
+        let Some(task) = queue::claim_copy(&c.tgt, self.run_started).await? else {
+            c.tgt.batch("ROLLBACK", "ending a transaction").await?;
+            return Ok(Step::Idle);
+        };
+        self.tried
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(task.id)
+            .or_insert_with(|| (task.chunk.clone(), 0));
+        let fail = |error: Error| StepError {
+            task: Some(task.id),
+            error,
+        };
+        let started = SystemTime::now();
+        let clock = Instant::now();
+        begin_source(&c.src, &task).await.map_err(fail)?;
+        let outcome = copy::copy_task(&c.src, &c.tgt, &self.ctx, &task)
+            .await
+            .map_err(fail)?;
+        let event = match outcome {
+            Outcome::Copied {
+                rows,
+                bytes,
+                target_chunk,
+            } => {
+                let elapsed = clock.elapsed();
+                let message = format!(
+                    "copied {} rows, {} in {}",
+                    rows,
+                    ui::bytes(bytes),
+                    ui::duration(elapsed)
+                );
+                let done = CopyDone {
+                    rows: rows as i64,
+                    bytes: bytes as i64,
+                    started,
+                    message: &message,
+                    target_chunk: &target_chunk,
+                };
+                queue::complete_copy(&c.tgt, task.id, &done)
+                    .await
+                    .map_err(fail)?;
+                c.src
+                    .batch("COMMIT", "ending a transaction")
+                    .await
+                    .map_err(fail)?;
+                c.tgt
+                    .batch("COMMIT", "committing the copied chunk")
+                    .await
+                    .map_err(fail)?;
+                if self.analyze {
+                    c.tgt
+                        .batch(
+                            &format!("ANALYZE {}", target_chunk.sql()),
+                            "analyzing the copied chunk",
+                        )
+                        .await
+                        .map_err(fail)?;
+                }
+                Event::Copied {
+                    chunk: task.chunk.clone(),
+                    rows,
+                    bytes,
+                    elapsed,
+                }
+            }
+            Outcome::SourceGone => {
+                queue::skip_copy(&c.tgt, task.id, "the source chunk no longer exists")
+                    .await
+                    .map_err(fail)?;
+                c.src
+                    .batch("COMMIT", "ending a transaction")
+                    .await
+                    .map_err(fail)?;
+                c.tgt
+                    .batch("COMMIT", "ending a transaction")
+                    .await
+                    .map_err(fail)?;
+                Event::Skipped {
+                    chunk: task.chunk.clone(),
+                }
+            }
+        };
+        Ok(Step::Did(event))
+    }
+
+    async fn failed_inner(&self, c: &Conns, task: i64, error: &Error) -> Result<Event> {
+        let (chunk, attempt) = {
+            let mut tried = self.tried.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = tried
+                .entry(task)
+                .or_insert_with(|| (QualifiedName::new("?", "?"), 0));
+            entry.1 += 1;
+            entry.clone()
+        };
+        // A chunk dropped on the source while we copied it is not a failure.
+        if !catalog::chunk_exists(&c.src, &chunk).await? {
+            queue::record_failure(
+                &c.tgt,
+                task,
+                AfterFailure::Skipped,
+                "the source chunk no longer exists",
+            )
+            .await?;
+            return Ok(Event::Skipped { chunk });
+        }
+        let give_up = !worker::retryable(error) || attempt >= self.max_attempts;
+        let text = format!("{error}");
+        let after = if give_up {
+            AfterFailure::Failed
+        } else {
+            AfterFailure::Retry
+        };
+        queue::record_failure(&c.tgt, task, after, &text).await?;
+        Ok(Event::Failed {
+            chunk,
+            error: text,
+            final_attempt: give_up,
+            attempt,
+        })
+    }
+}
+
+impl Job for CopyJob {
+    type Event = Event;
+
+    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError>> {
+        self.step_inner(c).boxed()
+    }
+
+    fn failed<'a>(
+        &'a self,
+        c: &'a Conns,
+        task: i64,
+        error: &'a Error,
+    ) -> BoxFuture<'a, Result<Event>> {
+        self.failed_inner(c, task, error).boxed()
+    }
+}
+
+pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
+    let tgt = cfg.target.connect().await?;
+    queue::require(&tgt).await?;
+    let src = cfg.source.connect().await?;
+    let ctx = Context {
+        source: catalog::extension(&src).await?,
+        target: catalog::extension(&tgt).await?,
+    };
+    catalog::ensure_compatible(&ctx.source, &ctx.target)?;
+    let before = queue::counts(&tgt).await?;
+    let todo = before.pending + before.failed;
+    if todo == 0 {
+        ui::line(&format!(
+            "Nothing to copy: all {} staged chunk(s) are done or skipped. Use `stage` to add more.",
+            before.total()
+        ));
+        return Ok(CopyReport::default());
+    }
+    let run_started: SystemTime = tgt
+        .query_one("SELECT now()", &[], "reading the clock")
+        .await?
+        .get(0);
+    drop((src, tgt));
+
+    let workers = cfg.parallelism.min(todo as usize).max(1);
+    ui::line(&format!(
+        "Copying {} chunk(s) (~{} on the source) with {} worker(s)",
+        ui::count(todo),
+        ui::bytes(before.estimated_bytes_pending.max(0) as u64),
+        workers
+    ));
+    let job = Arc::new(CopyJob {
+        ctx,
+        run_started,
+        max_attempts: cfg.max_attempts,
+        analyze: cfg.analyze,
+        tried: Mutex::new(HashMap::new()),
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let pool_cfg = PoolConfig {
+        workers,
+        source: cfg.source.clone(),
+        target: cfg.target.clone(),
+        max_attempts: cfg.max_attempts,
+    };
+    let clock = Instant::now();
+    let pool = tokio::spawn(worker::run(pool_cfg, job, shutdown.clone(), tx));
+
+    let mut report = CopyReport::default();
+    let mut n = 0u64;
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Copied {
+                chunk,
+                rows,
+                bytes,
+                elapsed,
+            } => {
+                n += 1;
+                report.copied += 1;
+                report.rows += rows;
+                report.bytes += bytes;
+                ui::line(&format!(
+                    "[{n}/{todo}] Copied chunk {chunk}: {} rows, {} in {}{}",
+                    ui::count(rows),
+                    ui::bytes(bytes),
+                    ui::duration(elapsed),
+                    ui::rate(bytes, elapsed)
+                ));
+            }
+            Event::Skipped { chunk } => {
+                n += 1;
+                report.skipped += 1;
+                ui::line(&format!(
+                    "[{n}/{todo}] Skipped chunk {chunk}: it no longer exists on the source"
+                ));
+            }
+            Event::Failed {
+                chunk,
+                error,
+                final_attempt,
+                attempt,
+            } => {
+                if final_attempt {
+                    n += 1;
+                    report.failed += 1;
+                    ui::line(&format!(
+                        "[{n}/{todo}] FAILED chunk {chunk} (attempt {attempt}): {error}"
+                    ));
+                } else {
+                    ui::line(&format!(
+                        "Retrying chunk {chunk} after attempt {attempt} failed: {error}"
+                    ));
+                }
+            }
+        }
+    }
+    let pool_result = pool
+        .await
+        .unwrap_or_else(|e| Err(Error::Internal(format!("the worker pool crashed: {e}"))));
+    report.seconds = clock.elapsed().as_secs_f64();
+
+    // The queue is the truth (other copy processes may share it).
+    let after = match cfg.target.connect().await {
+        Ok(tgt) => Some((queue::counts(&tgt).await?, queue::failed_tasks(&tgt).await?)),
+        Err(_) => None,
+    };
+    if let Some((c, _)) = &after {
+        report.remaining = c.pending;
+    }
+    ui::line(&format!(
+        "Copied {} from {} chunk(s) ({} rows) in {}{}; {} skipped, {} failed.",
+        ui::bytes(report.bytes),
+        ui::count(report.copied),
+        ui::count(report.rows),
+        ui::duration(clock.elapsed()),
+        ui::rate(report.bytes, clock.elapsed()),
+        report.skipped,
+        report.failed,
+    ));
+    pool_result?;
+    if shutdown.graceful.is_cancelled() && report.remaining > 0 {
+        return Err(Error::Interrupted);
+    }
+    if let Some((c, failed)) = after {
+        if c.failed > 0 {
+            for (chunk, err) in failed.iter().take(20) {
+                ui::line(&format!("  failed: {chunk}: {err}"));
+            }
+            return Err(Error::TasksFailed { failed: c.failed });
+        }
+    }
+    ui::line("Execute the 'verify' command to check the copied data.");
+    Ok(report)
+}

@@ -1,0 +1,254 @@
+//! `stage`: choose the chunks to copy and write one task per chunk.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::catalog::{self, Selection, SourceChunk};
+use crate::commands::bounds;
+use crate::copy::target_chunk;
+use crate::db::ConnInfo;
+use crate::error::{Error, Result};
+use crate::ident::QualifiedName;
+use crate::plan::{self, NewTask, Restage, TaskWindow};
+use crate::queue::{self, StagedTask};
+use crate::ui;
+
+pub struct StageConfig {
+    pub source: ConnInfo,
+    pub target: ConnInfo,
+    pub until: String,
+    pub from: Option<String>,
+    pub selection: Selection,
+    pub snapshot: Option<String>,
+    pub dry_run: bool,
+}
+
+/// What a stage did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct StageReport {
+    pub staged: u64,
+    pub requeued: u64,
+    pub already_staged: u64,
+    pub hypertables: usize,
+    pub estimated_bytes: i64,
+    pub chunks_created: u64,
+}
+
+/// An exported snapshot id looks like `00000003-0000001B-1`.
+pub fn validate_snapshot(s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.split('-').count() >= 2
+        && s.split('-')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "--snapshot '{s}' is not a snapshot id; use the value pg_export_snapshot() returns \
+             on the source (like 00000003-0000001B-1)"
+        )))
+    }
+}
+
+pub async fn run(cfg: StageConfig) -> Result<StageReport> {
+    if let Some(s) = &cfg.snapshot {
+        validate_snapshot(s)?;
+    }
+    // The source connection keeps the server's own settings until the bounds
+    // are parsed, so that `--until` means what it would in psql there.
+    let src = cfg.source.connect_raw().await?;
+    src.batch(
+        "SET default_transaction_read_only = on",
+        "setting up the session",
+    )
+    .await?;
+    let tgt = cfg.target.connect().await?;
+    let source_ext = catalog::extension(&src).await?;
+    let target_ext = catalog::extension(&tgt).await?;
+    catalog::ensure_compatible(&source_ext, &target_ext)?;
+    if let Some(f) = &cfg.selection.filter {
+        catalog::validate_regex(&src, f).await?;
+    }
+
+    // One snapshot for everything read from the source catalog.
+    src.batch(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        "starting a transaction",
+    )
+    .await?;
+    if let Some(s) = &cfg.snapshot {
+        let sql = format!(
+            "SET TRANSACTION SNAPSHOT {}",
+            crate::ident::quote_literal(s)
+        );
+        src.batch(&sql, "importing --snapshot").await.map_err(|e| {
+            Error::InvalidArgument(format!(
+                "--snapshot '{s}' cannot be imported on the source ({e}). The transaction that \
+                 exported it must stay open during stage and copy"
+            ))
+        })?;
+    }
+    let hypertables = catalog::selected_hypertables(&src, &cfg.selection).await?;
+    let chunks = catalog::source_chunks(&src, &cfg.selection).await?;
+    src.batch("COMMIT", "ending a transaction").await?;
+
+    let windows = bounds::parse_windows(
+        &src,
+        &source_ext,
+        &hypertables,
+        &cfg.until,
+        cfg.from.as_deref(),
+    )
+    .await?;
+    let tasks = plan::tasks_for(&chunks, &windows);
+
+    check_target_hypertables(&src, &tgt, &tasks).await?;
+
+    let mut report = StageReport {
+        hypertables: tasks
+            .iter()
+            .map(|t| &t.chunk.hypertable)
+            .collect::<BTreeSet<_>>()
+            .len(),
+        estimated_bytes: tasks.iter().map(|t| t.chunk.size_bytes).sum(),
+        ..Default::default()
+    };
+
+    if cfg.dry_run {
+        ui::print_dry_run(&tasks);
+        report.staged = tasks.len() as u64;
+        return Ok(report);
+    }
+    if tasks.is_empty() {
+        ui::line(&format!(
+            "No chunks to stage: {} hypertable(s) matched, none has chunks before --until.",
+            hypertables.len()
+        ));
+        return Ok(report);
+    }
+
+    queue::migrate(&tgt).await?;
+    let existing = queue::task_windows(&tgt).await?;
+    let mut new = Vec::new();
+    let mut widened = Vec::new();
+    for t in &tasks {
+        let window = TaskWindow {
+            lower: t.lower.clone(),
+            upper: t.upper.clone(),
+        };
+        match existing.get(&t.chunk.chunk) {
+            None => new.push((t, window)),
+            Some(old) => match plan::restage(old, &window) {
+                Restage::Covered => report.already_staged += 1,
+                Restage::Widen(w) => widened.push((t, w)),
+            },
+        }
+    }
+
+    // Create missing target chunks now, each in its own short transaction,
+    // so copy workers never contend on chunk creation.
+    let mut target_of: HashMap<QualifiedName, QualifiedName> = HashMap::new();
+    let mut by_ht: BTreeMap<&QualifiedName, Vec<&SourceChunk>> = BTreeMap::new();
+    for (t, _) in new.iter().chain(widened.iter()) {
+        by_ht.entry(&t.chunk.hypertable).or_default().push(&t.chunk);
+    }
+    for (ht, chunks) in by_ht {
+        let known: HashMap<_, _> = catalog::target_chunks_by_slices(&tgt, ht)
+            .await?
+            .into_iter()
+            .collect();
+        for c in chunks {
+            let target = match known.get(&c.slices) {
+                Some(t) => t.clone(),
+                None => {
+                    report.chunks_created += 1;
+                    target_chunk::create(&tgt, &target_ext, ht, &c.slices).await?
+                }
+            };
+            target_of.insert(c.chunk.clone(), target);
+        }
+    }
+
+    let staged = |t: &NewTask, w: &TaskWindow| -> StagedTask {
+        let target = target_of.get(&t.chunk.chunk);
+        StagedTask {
+            hypertable_schema: t.chunk.hypertable.schema.clone(),
+            hypertable_name: t.chunk.hypertable.name.clone(),
+            cagg_schema: t.chunk.cagg.as_ref().map(|c| c.schema.clone()),
+            cagg_name: t.chunk.cagg.as_ref().map(|c| c.name.clone()),
+            chunk_schema: t.chunk.chunk.schema.clone(),
+            chunk_name: t.chunk.chunk.name.clone(),
+            target_chunk_schema: target.map(|c| c.schema.clone()),
+            target_chunk_name: target.map(|c| c.name.clone()),
+            slices: catalog::slices_json(&t.chunk.slices),
+            time_column: t.chunk.time_column.clone(),
+            time_type: t.time_type.sql().to_string(),
+            range_start: t.chunk.time_start,
+            range_end: t.chunk.time_end,
+            lower_internal: w.lower.as_ref().map(|b| b.internal),
+            lower_literal: w.lower.as_ref().map(|b| b.literal.clone()),
+            upper_internal: w.upper.as_ref().map(|b| b.internal),
+            upper_literal: w.upper.as_ref().map(|b| b.literal.clone()),
+            snapshot: cfg.snapshot.clone(),
+            estimated_bytes: t.chunk.size_bytes,
+        }
+    };
+    let new_rows: Vec<_> = new.iter().map(|(t, w)| staged(t, w)).collect();
+    let widened_rows: Vec<_> = widened.iter().map(|(t, w)| staged(t, w)).collect();
+    let inserted = queue::enqueue(&tgt, &new_rows, &widened_rows).await?;
+    // A concurrent stage may have inserted some of the same chunks first.
+    report.already_staged += new_rows.len() as u64 - inserted;
+    report.staged = inserted;
+    report.requeued = widened_rows.len() as u64;
+    Ok(report)
+}
+
+/// Every hypertable with chunks to stage must exist on the target with the
+/// same columns (by name and type). Reports every problem at once.
+async fn check_target_hypertables(
+    src: &crate::db::Db,
+    tgt: &crate::db::Db,
+    tasks: &[NewTask],
+) -> Result<()> {
+    let hts: BTreeMap<&QualifiedName, Option<&QualifiedName>> = tasks
+        .iter()
+        .map(|t| (&t.chunk.hypertable, t.chunk.cagg.as_ref()))
+        .collect();
+    let mut problems = Vec::new();
+    for (ht, cagg) in hts {
+        let label = match cagg {
+            Some(v) => format!("{ht} (materialization of continuous aggregate {v})"),
+            None => ht.to_string(),
+        };
+        let src_cols = catalog::relation_columns(src, ht).await?;
+        match catalog::hypertable_columns(tgt, ht).await? {
+            None => problems.push(format!("{label} does not exist on the target")),
+            Some(tgt_cols) => {
+                for d in catalog::column_differences(&src_cols, &tgt_cols) {
+                    problems.push(format!("{label}: {d}"));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Incompatible(format!(
+        "the target does not match the source:\n  - {}\nCreate the target's schema from a \
+         pg_dump of the source (see README: preparing the target), or leave these hypertables \
+         out with --filter. Nothing was changed.",
+        problems.join("\n  - ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_ids() {
+        assert!(validate_snapshot("00000003-0000001B-1").is_ok());
+        assert!(validate_snapshot("00000003-0000001B").is_ok());
+        assert!(validate_snapshot("x'; drop table t; --").is_err());
+        assert!(validate_snapshot("").is_err());
+    }
+}

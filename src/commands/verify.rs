@@ -1,0 +1,200 @@
+//! `verify`: compare every copied chunk on both sides.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::catalog;
+use crate::commands::copy::begin_source;
+use crate::copy::Context;
+use crate::db::ConnInfo;
+use crate::error::{Error, Result};
+use crate::ident::QualifiedName;
+use crate::queue::{self, VerifyState};
+use crate::ui;
+use crate::verify::{self, Outcome};
+use crate::worker::{self, Conns, Job, PoolConfig, Shutdown, Step, StepError};
+
+pub struct VerifyConfig {
+    pub source: ConnInfo,
+    pub target: ConnInfo,
+    pub parallelism: usize,
+    pub all: bool,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub matched: u64,
+    pub mismatched: u64,
+    pub skipped: u64,
+    pub seconds: f64,
+}
+
+pub struct Event {
+    chunk: QualifiedName,
+    outcome: Outcome,
+}
+
+struct VerifyJob {
+    ctx: Context,
+}
+
+impl VerifyJob {
+    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError> {
+        c.tgt.batch("BEGIN", "starting a transaction").await?;
+        let Some(task) = queue::claim_verify(&c.tgt).await? else {
+            c.tgt.batch("ROLLBACK", "ending a transaction").await?;
+            return Ok(Step::Idle);
+        };
+        let fail = |error: Error| StepError {
+            task: Some(task.id),
+            error,
+        };
+        begin_source(&c.src, &task).await.map_err(fail)?;
+        let outcome = verify::verify_task(&c.src, &c.tgt, &self.ctx, &task)
+            .await
+            .map_err(fail)?;
+        let (state, message) = match &outcome {
+            Outcome::Match { rows } => (VerifyState::Match, format!("{rows} rows match")),
+            Outcome::Mismatch(m) => (VerifyState::Mismatch, m.clone()),
+            Outcome::SourceGone => (
+                VerifyState::Skipped,
+                "the source chunk no longer exists".into(),
+            ),
+        };
+        c.src
+            .batch("COMMIT", "ending a transaction")
+            .await
+            .map_err(fail)?;
+        queue::complete_verify(&c.tgt, task.id, state, &message)
+            .await
+            .map_err(fail)?;
+        c.tgt
+            .batch("COMMIT", "recording a verification")
+            .await
+            .map_err(fail)?;
+        Ok(Step::Did(Event {
+            chunk: task.chunk,
+            outcome,
+        }))
+    }
+}
+
+impl Job for VerifyJob {
+    type Event = Event;
+
+    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError>> {
+        self.step_inner(c).boxed()
+    }
+
+    fn failed<'a>(
+        &'a self,
+        _c: &'a Conns,
+        _task: i64,
+        error: &'a Error,
+    ) -> BoxFuture<'a, Result<Event>> {
+        // A verification that cannot run is an error of the run, not a mismatch.
+        let e = Error::Internal(format!("verification failed: {error}"));
+        async move { Err(e) }.boxed()
+    }
+}
+
+pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> {
+    let tgt = cfg.target.connect().await?;
+    queue::require(&tgt).await?;
+    let src = cfg.source.connect().await?;
+    let ctx = Context {
+        source: catalog::extension(&src).await?,
+        target: catalog::extension(&tgt).await?,
+    };
+    if cfg.all {
+        queue::reset_verify(&tgt).await?;
+    }
+    let before = queue::counts(&tgt).await?;
+    let todo = before.verify_pending;
+    if todo == 0 {
+        ui::line(&format!(
+            "Nothing to verify: {} chunk(s) verified ({} mismatched), {} not copied yet. \
+             Use --all to verify every copied chunk again.",
+            before.verified_match + before.verified_mismatch,
+            before.verified_mismatch,
+            before.pending + before.failed
+        ));
+        if before.verified_mismatch > 0 {
+            return Err(Error::VerifyMismatch {
+                mismatched: before.verified_mismatch,
+            });
+        }
+        return Ok(VerifyReport::default());
+    }
+    drop((src, tgt));
+    let workers = cfg.parallelism.min(todo as usize).max(1);
+    ui::line(&format!(
+        "Verifying {} chunk(s) with {} worker(s)",
+        ui::count(todo),
+        workers
+    ));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let pool_cfg = PoolConfig {
+        workers,
+        source: cfg.source.clone(),
+        target: cfg.target.clone(),
+        max_attempts: 5,
+    };
+    let clock = Instant::now();
+    let pool = tokio::spawn(worker::run(
+        pool_cfg,
+        Arc::new(VerifyJob { ctx }),
+        shutdown.clone(),
+        tx,
+    ));
+    let mut report = VerifyReport::default();
+    let mut n = 0;
+    while let Some(Event { chunk, outcome }) = rx.recv().await {
+        n += 1;
+        match outcome {
+            Outcome::Match { rows } => {
+                report.matched += 1;
+                ui::line(&format!(
+                    "[{n}/{todo}] Verified chunk {chunk}: {} rows match",
+                    ui::count(rows as u64)
+                ));
+            }
+            Outcome::Mismatch(m) => {
+                report.mismatched += 1;
+                ui::line(&format!("[{n}/{todo}] MISMATCH in chunk {chunk}: {m}"));
+            }
+            Outcome::SourceGone => {
+                report.skipped += 1;
+                ui::line(&format!(
+                    "[{n}/{todo}] Skipped chunk {chunk}: it no longer exists on the source"
+                ));
+            }
+        }
+    }
+    let pool_result = pool
+        .await
+        .unwrap_or_else(|e| Err(Error::Internal(format!("the worker pool crashed: {e}"))));
+    report.seconds = clock.elapsed().as_secs_f64();
+    ui::line(&format!(
+        "Verified {} chunk(s) in {}: {} match, {} mismatch, {} skipped.",
+        report.matched + report.mismatched + report.skipped,
+        ui::duration(clock.elapsed()),
+        report.matched,
+        report.mismatched,
+        report.skipped
+    ));
+    pool_result?;
+    if report.mismatched > 0 {
+        return Err(Error::VerifyMismatch {
+            mismatched: report.mismatched,
+        });
+    }
+    if shutdown.graceful.is_cancelled() {
+        return Err(Error::Interrupted);
+    }
+    ui::line("Execute the 'clean' command to remove hyperfill's queue from the target.");
+    Ok(report)
+}

@@ -1,0 +1,400 @@
+//! The work queue in the target database: the only module that touches the
+//! `__hyperfill` schema. Its protocol: claim a row with
+//! `FOR NO KEY UPDATE SKIP LOCKED` inside the target transaction that copies
+//! the chunk, and complete it in that same transaction.
+
+mod sql;
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::catalog::{parse_slices, Slice, TimeType};
+use crate::db::Db;
+use crate::error::{Error, Result, Side};
+use crate::ident::QualifiedName;
+use crate::plan::{Bound, TaskWindow};
+
+pub use sql::SCHEMA;
+
+/// Whether the queue exists in the target.
+pub async fn exists(db: &Db) -> Result<bool> {
+    let row = db
+        .query_one(sql::SCHEMA_EXISTS, &[], "looking for the hyperfill queue")
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Fail with the way out when the queue was never staged.
+pub async fn require(db: &Db) -> Result<()> {
+    if exists(db).await? {
+        Ok(())
+    } else {
+        Err(Error::Precondition {
+            side: Side::Target,
+            message: format!(
+                "no hyperfill queue (schema {SCHEMA}) in this database. \
+                 Run `hyperfill stage --source ... --target ... --until T` first"
+            ),
+        })
+    }
+}
+
+/// Create the queue schema or bring it up to date, under the advisory lock.
+pub async fn migrate(db: &Db) -> Result<()> {
+    let what = "creating the hyperfill queue schema";
+    db.batch("BEGIN", what).await?;
+    let result = async {
+        db.execute(sql::ADVISORY_XACT_LOCK, &[&sql::LOCK_KEY], what)
+            .await?;
+        db.batch(sql::CREATE_SCHEMA, what).await?;
+        let applied: Vec<i32> = db
+            .query(sql::APPLIED_MIGRATIONS, &[], what)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for (version, body) in sql::MIGRATIONS {
+            if !applied.contains(version) {
+                db.batch(body, &format!("applying queue migration {version}"))
+                    .await?;
+                db.execute(sql::RECORD_MIGRATION, &[version], what).await?;
+            }
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+    finish(db, result, what).await
+}
+
+/// Drop the queue. Succeeds when it is already gone. Returns whether it existed.
+pub async fn drop(db: &Db) -> Result<bool> {
+    let existed = exists(db).await?;
+    let what = "dropping the hyperfill queue schema";
+    db.batch("BEGIN", what).await?;
+    let result = async {
+        db.execute(sql::ADVISORY_XACT_LOCK, &[&sql::LOCK_KEY], what)
+            .await?;
+        db.batch(sql::DROP_SCHEMA, what).await
+    }
+    .await;
+    finish(db, result, what).await?;
+    Ok(existed)
+}
+
+/// Commit on success, roll back on error.
+async fn finish<T>(db: &Db, result: Result<T>, what: &str) -> Result<T> {
+    match result {
+        Ok(v) => {
+            db.batch("COMMIT", what).await?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = db.client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// A task as `stage` writes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StagedTask {
+    pub hypertable_schema: String,
+    pub hypertable_name: String,
+    pub cagg_schema: Option<String>,
+    pub cagg_name: Option<String>,
+    pub chunk_schema: String,
+    pub chunk_name: String,
+    pub target_chunk_schema: Option<String>,
+    pub target_chunk_name: Option<String>,
+    pub slices: serde_json::Value,
+    pub time_column: String,
+    pub time_type: String,
+    pub range_start: i64,
+    pub range_end: i64,
+    pub lower_internal: Option<i64>,
+    pub lower_literal: Option<String>,
+    pub upper_internal: Option<i64>,
+    pub upper_literal: Option<String>,
+    pub snapshot: Option<String>,
+    pub estimated_bytes: i64,
+}
+
+/// The windows of the tasks already in the queue, by source chunk.
+pub async fn task_windows(db: &Db) -> Result<HashMap<QualifiedName, TaskWindow>> {
+    let rows = db
+        .query(sql::TASK_WINDOWS, &[], "reading the staged tasks")
+        .await?;
+    let bound = |i: Option<i64>, l: Option<String>| match (i, l) {
+        (Some(internal), Some(literal)) => Some(Bound { internal, literal }),
+        _ => None,
+    };
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                TaskWindow {
+                    lower: bound(r.get(2), r.get(3)),
+                    upper: bound(r.get(4), r.get(5)),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Insert new tasks and re-queue widened ones in one transaction, under the
+/// queue's advisory lock (so two `stage` runs do not interleave). Returns the
+/// number inserted.
+pub async fn enqueue(db: &Db, new: &[StagedTask], widened: &[StagedTask]) -> Result<u64> {
+    let what = "writing tasks to the queue";
+    db.batch("BEGIN", what).await?;
+    let result = async {
+        db.execute(sql::ADVISORY_XACT_LOCK, &[&sql::LOCK_KEY], what)
+            .await?;
+        let mut inserted = 0;
+        for batch in new.chunks(5000) {
+            let json = serde_json::to_value(batch).map_err(|e| Error::Internal(e.to_string()))?;
+            inserted += db.query(sql::INSERT_TASKS, &[&json], what).await?.len() as u64;
+        }
+        for batch in widened.chunks(5000) {
+            let json = serde_json::to_value(batch).map_err(|e| Error::Internal(e.to_string()))?;
+            db.execute(sql::WIDEN_TASKS, &[&json], what).await?;
+        }
+        Ok(inserted)
+    }
+    .await;
+    finish(db, result, what).await
+}
+
+/// A claimed task, as workers see it.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub id: i64,
+    pub hypertable: QualifiedName,
+    pub chunk: QualifiedName,
+    pub target_chunk: Option<QualifiedName>,
+    pub slices: Vec<Slice>,
+    pub time_column: String,
+    pub time_type: TimeType,
+    pub lower_literal: Option<String>,
+    pub upper_literal: Option<String>,
+    pub snapshot: Option<String>,
+    pub estimated_bytes: i64,
+}
+
+impl Task {
+    fn from_row(r: &tokio_postgres::Row) -> Result<Self> {
+        let tt: String = r.get(9);
+        let time_type = TimeType::from_pg(&tt)
+            .ok_or_else(|| Error::Internal(format!("queue holds an unknown time type '{tt}'")))?;
+        let slices: serde_json::Value = r.get(7);
+        let target_chunk = match (r.get::<_, Option<String>>(5), r.get::<_, Option<String>>(6)) {
+            (Some(s), Some(n)) => Some(QualifiedName::new(s, n)),
+            _ => None,
+        };
+        Ok(Task {
+            id: r.get(0),
+            hypertable: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            chunk: QualifiedName::new(r.get::<_, String>(3), r.get::<_, String>(4)),
+            target_chunk,
+            slices: parse_slices(&slices)?,
+            time_column: r.get(8),
+            time_type,
+            lower_literal: r.get(10),
+            upper_literal: r.get(11),
+            snapshot: r.get(12),
+            estimated_bytes: r.get(13),
+        })
+    }
+
+    /// The task's row filter, or `None` for the whole chunk.
+    pub fn filter(&self) -> Option<String> {
+        crate::plan::filter_sql(
+            &self.time_column,
+            self.time_type,
+            self.lower_literal.as_deref(),
+            self.upper_literal.as_deref(),
+        )
+    }
+}
+
+/// Claim the next task to copy, inside the caller's open target transaction.
+pub async fn claim_copy(db: &Db, run_started: SystemTime) -> Result<Option<Task>> {
+    let row = db
+        .query_opt(sql::CLAIM_COPY, &[&run_started], "claiming a copy task")
+        .await?;
+    row.as_ref().map(Task::from_row).transpose()
+}
+
+/// Claim the next task to verify, inside the caller's open target transaction.
+pub async fn claim_verify(db: &Db) -> Result<Option<Task>> {
+    let row = db
+        .query_opt(sql::CLAIM_VERIFY, &[], "claiming a verify task")
+        .await?;
+    row.as_ref().map(Task::from_row).transpose()
+}
+
+/// What one finished copy records.
+pub struct CopyDone<'a> {
+    pub rows: i64,
+    pub bytes: i64,
+    pub started: SystemTime,
+    pub message: &'a str,
+    pub target_chunk: &'a QualifiedName,
+}
+
+/// Mark a task done, in the transaction that copied it.
+pub async fn complete_copy(db: &Db, id: i64, done: &CopyDone<'_>) -> Result<()> {
+    db.execute(
+        sql::COMPLETE_COPY,
+        &[
+            &id,
+            &done.rows,
+            &done.bytes,
+            &done.started,
+            &done.message,
+            &done.target_chunk.schema,
+            &done.target_chunk.name,
+        ],
+        "recording a finished copy task",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Mark a task skipped (its source chunk is gone), in the claiming transaction.
+pub async fn skip_copy(db: &Db, id: i64, message: &str) -> Result<()> {
+    db.execute(sql::SKIP_COPY, &[&id, &message], "recording a skipped task")
+        .await?;
+    Ok(())
+}
+
+/// What a failed attempt leaves the task as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Stays pending, to be tried again.
+    Retry,
+    /// Failed; the next `copy` run tries it again.
+    Failed,
+    /// The source chunk vanished: nothing to copy.
+    Skipped,
+}
+
+/// Record a failed attempt, outside the (rolled back) task transaction.
+pub async fn record_failure(db: &Db, id: i64, after: AfterFailure, error: &str) -> Result<()> {
+    let state = match after {
+        AfterFailure::Retry => "pending",
+        AfterFailure::Failed => "failed",
+        AfterFailure::Skipped => "skipped",
+    };
+    db.execute(
+        sql::RECORD_FAILURE,
+        &[&id, &state, &error],
+        "recording a failed task",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Outcome of verifying one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyState {
+    Match,
+    Mismatch,
+    Skipped,
+}
+
+pub async fn complete_verify(db: &Db, id: i64, state: VerifyState, message: &str) -> Result<()> {
+    let s = match state {
+        VerifyState::Match => "match",
+        VerifyState::Mismatch => "mismatch",
+        VerifyState::Skipped => "skipped",
+    };
+    db.execute(
+        sql::COMPLETE_VERIFY,
+        &[&id, &s, &message],
+        "recording a verification",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Queue every copied task for verification again.
+pub async fn reset_verify(db: &Db) -> Result<u64> {
+    db.execute(sql::RESET_VERIFY, &[], "re-queueing verification")
+        .await
+}
+
+/// Totals over the whole queue.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    pub pending: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub verify_pending: u64,
+    pub verified_match: u64,
+    pub verified_mismatch: u64,
+    pub verify_skipped: u64,
+    pub rows_copied: i64,
+    pub bytes_copied: i64,
+    pub estimated_bytes_pending: i64,
+}
+
+impl Counts {
+    pub fn total(&self) -> u64 {
+        self.pending + self.done + self.failed + self.skipped
+    }
+}
+
+pub async fn counts(db: &Db) -> Result<Counts> {
+    let rows = db
+        .query(sql::COUNTS, &[], "counting the queue's tasks")
+        .await?;
+    let mut c = Counts::default();
+    for r in rows {
+        let state: String = r.get(0);
+        let verify: Option<String> = r.get(1);
+        let n = r.get::<_, i64>(2) as u64;
+        match state.as_str() {
+            "pending" => {
+                c.pending += n;
+                c.estimated_bytes_pending += r.get::<_, i64>(5);
+            }
+            "done" => c.done += n,
+            "failed" => {
+                c.failed += n;
+                c.estimated_bytes_pending += r.get::<_, i64>(5);
+            }
+            _ => c.skipped += n,
+        }
+        match verify.as_deref() {
+            Some("pending") => c.verify_pending += n,
+            Some("match") => c.verified_match += n,
+            Some("mismatch") => c.verified_mismatch += n,
+            Some("skipped") => c.verify_skipped += n,
+            _ => {}
+        }
+        c.rows_copied += r.get::<_, i64>(3);
+        c.bytes_copied += r.get::<_, i64>(4);
+    }
+    Ok(c)
+}
+
+/// The failed tasks: source chunk and last error.
+pub async fn failed_tasks(db: &Db) -> Result<Vec<(QualifiedName, String)>> {
+    let rows = db
+        .query(sql::FAILED_TASKS, &[], "reading failed tasks")
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                r.get(2),
+            )
+        })
+        .collect())
+}

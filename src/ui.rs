@@ -1,0 +1,175 @@
+//! Everything the user reads on stdout: progress lines and summaries.
+//! Logs go to stderr through tracing; this module is the only place that
+//! prints results.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::catalog::TimeType;
+use crate::plan::NewTask;
+
+/// Print one line to stdout (ignores a closed pipe).
+pub fn line(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{s}");
+    let _ = out.flush();
+}
+
+/// `12.3 MB`, in powers of 1000 as most tools print throughput.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else if s < 3600.0 {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!(
+            "{}h{:02}m",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        )
+    }
+}
+
+pub fn rate(bytes_done: u64, d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s <= 0.0 || bytes_done == 0 {
+        return String::new();
+    }
+    format!(" ({}/s)", bytes((bytes_done as f64 / s) as u64))
+}
+
+/// Thousands separators: `1,234,567`.
+pub fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A time-dimension value in TimescaleDB's internal form, readable.
+pub fn internal_time(tt: TimeType, v: i64) -> String {
+    if v == i64::MIN {
+        return "-infinity".into();
+    }
+    if v == i64::MAX {
+        return "+infinity".into();
+    }
+    if tt.is_integer() {
+        return v.to_string();
+    }
+    const DAY: i64 = 86_400_000_000;
+    let days = v.div_euclid(DAY);
+    let micros = v.rem_euclid(DAY);
+    let (y, m, d) = civil_from_days(days);
+    let secs = micros / 1_000_000;
+    let date = format!("{y:04}-{m:02}-{d:02}");
+    if tt == TimeType::Date {
+        return date;
+    }
+    let time = format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    );
+    if tt == TimeType::TimestampTz {
+        format!("{date} {time}+00")
+    } else {
+        format!("{date} {time}")
+    }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The dry-run listing of `stage`.
+pub fn print_dry_run(tasks: &[NewTask]) {
+    line(&format!("Would stage {} chunk(s):", tasks.len()));
+    let mut total = 0i64;
+    for t in tasks {
+        total += t.chunk.size_bytes;
+        let filter = crate::plan::filter_sql(
+            &t.chunk.time_column,
+            t.time_type,
+            t.lower.as_ref().map(|b| b.literal.as_str()),
+            t.upper.as_ref().map(|b| b.literal.as_str()),
+        );
+        line(&format!(
+            "  {} chunk {} [{}, {}) ~{}{}",
+            t.chunk.hypertable,
+            t.chunk.chunk,
+            internal_time(t.time_type, t.chunk.time_start),
+            internal_time(t.time_type, t.chunk.time_end),
+            bytes(t.chunk.size_bytes.max(0) as u64),
+            filter.map(|f| format!(" where {f}")).unwrap_or_default(),
+        ));
+    }
+    line(&format!(
+        "Estimated size on the source: {}. Nothing was changed (dry run).",
+        bytes(total.max(0) as u64)
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_numbers() {
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(12_300_000), "12.3 MB");
+        assert_eq!(count(1_234_567), "1,234,567");
+        assert_eq!(count(12), "12");
+        assert_eq!(duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(duration(Duration::from_secs(3725)), "1h02m");
+    }
+
+    #[test]
+    fn internal_times_render() {
+        // 2024-01-01 00:00:00 UTC
+        let v = 1_704_067_200_000_000;
+        assert_eq!(
+            internal_time(TimeType::TimestampTz, v),
+            "2024-01-01 00:00:00+00"
+        );
+        assert_eq!(internal_time(TimeType::Date, v), "2024-01-01");
+        assert_eq!(
+            internal_time(TimeType::Timestamp, -1),
+            "1969-12-31 23:59:59"
+        );
+        assert_eq!(internal_time(TimeType::BigInt, -5), "-5");
+        assert_eq!(internal_time(TimeType::Date, i64::MAX), "+infinity");
+    }
+}

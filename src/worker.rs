@@ -1,0 +1,211 @@
+//! N workers, each with one source and one target connection, running a
+//! [`Job`] until it reports no more work. Knows nothing about chunks.
+//!
+//! Failure handling: after any error the worker drops both connections (so no
+//! half-finished COPY or transaction survives), reconnects, and asks the job
+//! to record the failure. Connecting is retried with backoff.
+//!
+//! Cancellation: the `graceful` token stops workers between tasks; the `hard`
+//! token drops the in-flight task's futures at once, which closes its
+//! connections so that the servers roll its transactions back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{ConnInfo, Db};
+use crate::error::{Error, Result};
+
+/// The two cancellation levels.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    pub graceful: CancellationToken,
+    pub hard: CancellationToken,
+}
+
+/// A worker's connections.
+pub struct Conns {
+    pub src: Db,
+    pub tgt: Db,
+}
+
+/// What one step of a job did.
+pub enum Step<E> {
+    /// Nothing left to do.
+    Idle,
+    /// Did one unit of work; the event is reported.
+    Did(E),
+}
+
+/// A failed step: the error, and the task it concerns (if one was claimed).
+pub struct StepError {
+    pub task: Option<i64>,
+    pub error: Error,
+}
+
+impl From<Error> for StepError {
+    fn from(error: Error) -> Self {
+        StepError { task: None, error }
+    }
+}
+
+pub trait Job: Send + Sync + 'static {
+    type Event: Send + 'static;
+
+    /// Claim and run one unit of work.
+    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Self::Event>, StepError>>;
+
+    /// Record a failed step on fresh connections; returns the event to report.
+    fn failed<'a>(
+        &'a self,
+        c: &'a Conns,
+        task: i64,
+        error: &'a Error,
+    ) -> BoxFuture<'a, Result<Self::Event>>;
+}
+
+/// Pool settings.
+pub struct PoolConfig {
+    pub workers: usize,
+    pub source: ConnInfo,
+    pub target: ConnInfo,
+    /// Consecutive failures without progress after which a worker gives up.
+    pub max_attempts: u32,
+}
+
+/// Run the pool until every worker is idle, cancelled or failed. Events are
+/// sent to `events` as they happen. Returns the first fatal error, if any.
+pub async fn run<J: Job>(
+    cfg: PoolConfig,
+    job: Arc<J>,
+    shutdown: Shutdown,
+    events: mpsc::UnboundedSender<J::Event>,
+) -> Result<()> {
+    let cfg = Arc::new(cfg);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..cfg.workers {
+        let (cfg, job, shutdown, events) =
+            (cfg.clone(), job.clone(), shutdown.clone(), events.clone());
+        set.spawn(async move {
+            let hard = shutdown.hard.clone();
+            tokio::select! {
+                biased;
+                _ = hard.cancelled() => Err(Error::Interrupted),
+                r = worker(i, &cfg, &*job, &shutdown, &events) => r,
+            }
+        });
+    }
+    drop(events);
+    let mut first_error = None;
+    while let Some(joined) = set.join_next().await {
+        let result =
+            joined.unwrap_or_else(|e| Err(Error::Internal(format!("a worker crashed: {e}"))));
+        if let Err(e) = result {
+            if first_error.is_none() {
+                first_error = Some(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let ms = 250u64.saturating_mul(1 << attempt.min(7));
+    Duration::from_millis(ms.min(20_000))
+}
+
+async fn connect(cfg: &PoolConfig, shutdown: &Shutdown) -> Result<Conns> {
+    let mut attempt = 0;
+    loop {
+        let r = async {
+            let src = cfg.source.connect().await?;
+            let tgt = cfg.target.connect().await?;
+            Ok::<_, Error>(Conns { src, tgt })
+        }
+        .await;
+        match r {
+            Ok(c) => return Ok(c),
+            Err(e) if attempt + 1 < cfg.max_attempts && retryable(&e) => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "cannot connect; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(attempt)) => {}
+                    _ = shutdown.graceful.cancelled() => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether an error is worth another try on fresh connections.
+pub fn retryable(e: &Error) -> bool {
+    match e {
+        Error::Connect { source, .. } => {
+            // Authentication failures and missing databases will not heal.
+            !matches!(
+                source.code().map(|c| c.code()),
+                Some("28P01" | "28000" | "3D000")
+            )
+        }
+        Error::Db { source, .. } => crate::error::is_retryable(source),
+        _ => false,
+    }
+}
+
+async fn worker<J: Job>(
+    id: usize,
+    cfg: &PoolConfig,
+    job: &J,
+    shutdown: &Shutdown,
+    events: &mpsc::UnboundedSender<J::Event>,
+) -> Result<()> {
+    let mut conns = Some(connect(cfg, shutdown).await?);
+    let mut consecutive_failures = 0u32;
+    loop {
+        if shutdown.graceful.is_cancelled() {
+            return Ok(());
+        }
+        let c = match conns.take() {
+            Some(c) => c,
+            None => connect(cfg, shutdown).await?,
+        };
+        match job.step(&c).await {
+            Ok(Step::Idle) => return Ok(()),
+            Ok(Step::Did(ev)) => {
+                consecutive_failures = 0;
+                let _ = events.send(ev);
+                conns = Some(c);
+            }
+            Err(StepError { task, error }) => {
+                tracing::debug!(worker = id, error = %error, "step failed");
+                // Drop both connections: no half-done COPY or transaction survives.
+                drop(c);
+                consecutive_failures += 1;
+                let can_retry = retryable(&error) && consecutive_failures < cfg.max_attempts;
+                match task {
+                    Some(task) => {
+                        let fresh = connect(cfg, shutdown).await?;
+                        let ev = job.failed(&fresh, task, &error).await?;
+                        let _ = events.send(ev);
+                        conns = Some(fresh);
+                    }
+                    None if can_retry => {}
+                    None => return Err(error),
+                }
+                if retryable(&error) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff(consecutive_failures)) => {}
+                        _ = shutdown.graceful.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+}
