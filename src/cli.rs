@@ -51,11 +51,11 @@ pub struct StageArgs {
 
     /// Completion point T (exclusive): rows with time < T are copied. Parsed as
     /// each hypertable's time column type (timestamptz, timestamp, date, integers)
-    #[arg(short = 'u', long)]
+    #[arg(short = 'u', long, allow_hyphen_values = true)]
     pub until: String,
 
     /// Start point (inclusive): rows with time >= FROM are copied
-    #[arg(short = 'F', long)]
+    #[arg(short = 'F', long, allow_hyphen_values = true)]
     pub from: Option<String>,
 
     /// Case-insensitive POSIX regex on schema.table of hypertables and

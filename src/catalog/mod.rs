@@ -42,6 +42,16 @@ pub struct Extension {
     pub schema: String,
     /// `_timescaledb_functions` (2.12 and later).
     pub functions_schema: String,
+    /// `timescale` or `apache`.
+    pub license: String,
+}
+
+impl Extension {
+    /// Whether TimescaleDB's community features (compression, continuous
+    /// aggregates, `create_chunk`) are available.
+    pub fn is_community(&self) -> bool {
+        self.license == "timescale"
+    }
 }
 
 /// Read the timescaledb extension of one side.
@@ -62,6 +72,7 @@ pub async fn extension(db: &Db) -> Result<Extension> {
     let version_text: String = row.get(0);
     let schema: String = row.get(1);
     let functions_schema: String = row.get(2);
+    let license: String = row.get(3);
     let version = Version::parse(&version_text).ok_or_else(|| Error::Precondition {
         side: db.side,
         message: format!("cannot understand the timescaledb version '{version_text}'"),
@@ -71,6 +82,7 @@ pub async fn extension(db: &Db) -> Result<Extension> {
         version,
         schema,
         functions_schema,
+        license,
     })
 }
 
@@ -370,6 +382,7 @@ mod tests {
             version: Version::parse(v).unwrap(),
             schema: "public".into(),
             functions_schema: "_timescaledb_functions".into(),
+            license: "timescale".into(),
         };
         let err = ensure_compatible(&mk("2.19.3"), &mk("2.18.0")).unwrap_err();
         let msg = err.to_string();

@@ -1,13 +1,16 @@
 //! SQL of the catalog module. Every statement is read-only.
 
-/// Either side. Returns the timescaledb extension's version, its schema, and
-/// the schema of its internal functions (`_timescaledb_functions` since 2.12).
+/// Either side. Returns the timescaledb extension's version, its schema, the
+/// schema of its internal functions (`_timescaledb_functions` since 2.12),
+/// and the license (`apache` builds lack compression, continuous aggregates
+/// and `create_chunk`).
 // language=PostgreSQL
 pub const EXTENSION: &str = "\
 SELECT e.extversion::text,
        n.nspname::text,
        CASE WHEN to_regnamespace('_timescaledb_functions') IS NOT NULL
-            THEN '_timescaledb_functions' ELSE '_timescaledb_internal' END
+            THEN '_timescaledb_functions' ELSE '_timescaledb_internal' END,
+       coalesce(current_setting('timescaledb.license', true), 'apache')
 FROM pg_extension e
 JOIN pg_namespace n ON n.oid = e.extnamespace
 WHERE e.extname = 'timescaledb'";

@@ -125,7 +125,7 @@ impl CopyJob {
                     bytes: bytes as i64,
                     started,
                     message: &message,
-                    target_chunk: &target_chunk,
+                    target_chunk: target_chunk.as_ref(),
                 };
                 queue::complete_copy(&c.tgt, task.id, &done)
                     .await
@@ -138,7 +138,7 @@ impl CopyJob {
                     .batch("COMMIT", "committing the copied chunk")
                     .await
                     .map_err(fail)?;
-                if self.analyze {
+                if let (true, Some(target_chunk)) = (self.analyze, &target_chunk) {
                     c.tgt
                         .batch(
                             &format!("ANALYZE {}", target_chunk.sql()),

@@ -148,6 +148,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     // so copy workers never contend on chunk creation.
     let mut target_of: HashMap<QualifiedName, QualifiedName> = HashMap::new();
     let mut by_ht: BTreeMap<&QualifiedName, Vec<&SourceChunk>> = BTreeMap::new();
+    let mut can_create = true;
     for (t, _) in new.iter().chain(widened.iter()) {
         by_ht.entry(&t.chunk.hypertable).or_default().push(&t.chunk);
     }
@@ -158,13 +159,22 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
             .collect();
         for c in chunks {
             let target = match known.get(&c.slices) {
-                Some(t) => t.clone(),
-                None => {
-                    report.chunks_created += 1;
-                    target_chunk::create(&tgt, &target_ext, ht, &c.slices).await?
+                Some(t) => Some(t.clone()),
+                None if can_create => {
+                    let created =
+                        target_chunk::try_create(&tgt, &target_ext, ht, &c.slices).await?;
+                    match created {
+                        Some(_) => report.chunks_created += 1,
+                        // Not allowed here: copy will create it as rows arrive.
+                        None => can_create = false,
+                    }
+                    created
                 }
+                None => None,
             };
-            target_of.insert(c.chunk.clone(), target);
+            if let Some(target) = target {
+                target_of.insert(c.chunk.clone(), target);
+            }
         }
     }
 

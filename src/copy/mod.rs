@@ -26,7 +26,8 @@ pub enum Outcome {
     Copied {
         rows: u64,
         bytes: u64,
-        target_chunk: QualifiedName,
+        /// `None` only when nothing was copied into a chunk-less range.
+        target_chunk: Option<QualifiedName>,
     },
     /// The source chunk no longer exists (dropped by retention, say).
     SourceGone,
@@ -57,14 +58,58 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     let Some(source_compressed) = compression(src, &task.chunk).await? else {
         return Ok(Outcome::SourceGone);
     };
-    let target_chunk = target_chunk::resolve(
+    let mut target = target_chunk::find(
         tgt,
-        &ctx.target,
         &task.hypertable,
         task.target_chunk.as_ref(),
         &task.slices,
     )
     .await?;
+    if target.is_none() {
+        target = target_chunk::try_create(tgt, &ctx.target, &task.hypertable, &task.slices).await?;
+    }
+    if source_compressed {
+        tracing::warn!(chunk = %task.chunk, "source chunk is compressed: copying its rows decompressed");
+    }
+    // A compressed source chunk is read without ONLY: TimescaleDB then returns
+    // its compressed rows decompressed, with the uncompressed ones.
+    let only = if source_compressed { "" } else { "ONLY " };
+    let src_cols = catalog::relation_columns(src, &task.chunk).await?;
+    let filter = task.filter();
+
+    let Some(target_chunk) = target else {
+        // No chunk with these slices, and this server does not let us create
+        // one (Apache license): nothing on the target holds this range, and
+        // rows sent through the hypertable make TimescaleDB create the chunk.
+        let ht_cols = catalog::relation_columns(tgt, &task.hypertable).await?;
+        check_columns(&task.chunk, &task.hypertable, &src_cols, &ht_cols)?;
+        let stats = copy_rows(
+            src,
+            tgt,
+            &task.chunk,
+            &task.hypertable,
+            &src_cols,
+            only,
+            filter.as_deref(),
+        )
+        .await?;
+        let created = target_chunk::find(tgt, &task.hypertable, None, &task.slices).await?;
+        if created.is_none() && stats.rows > 0 {
+            return Err(Error::Incompatible(format!(
+                "rows of source chunk {} went into target hypertable {} but not into a chunk \
+                 with the same slices: the target's chunk interval or space partitioning differs \
+                 from the source's. Restore the target's schema from a pg_dump of the source \
+                 (see README)",
+                task.chunk, task.hypertable
+            )));
+        }
+        return Ok(Outcome::Copied {
+            rows: stats.rows,
+            bytes: stats.bytes,
+            target_chunk: created,
+        });
+    };
+
     let target_compressed = compression(tgt, &target_chunk).await?.unwrap_or(false);
     if target_compressed {
         // Rows of a compressed target chunk can only be replaced once it is
@@ -81,20 +126,9 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         )
         .await?;
     }
-    if source_compressed {
-        tracing::warn!(chunk = %task.chunk, "source chunk is compressed: copying its rows decompressed");
-    }
-
-    let src_cols = catalog::relation_columns(src, &task.chunk).await?;
     let tgt_cols = catalog::relation_columns(tgt, &target_chunk).await?;
     check_columns(&task.chunk, &target_chunk, &src_cols, &tgt_cols)?;
-
-    let filter = task.filter();
     delete_range(tgt, &target_chunk, filter.as_deref()).await?;
-
-    // A compressed source chunk is read without ONLY: TimescaleDB then returns
-    // its compressed rows decompressed, with the uncompressed ones.
-    let only = if source_compressed { "" } else { "ONLY " };
     let stats = copy_rows(
         src,
         tgt,
@@ -108,7 +142,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     Ok(Outcome::Copied {
         rows: stats.rows,
         bytes: stats.bytes,
-        target_chunk,
+        target_chunk: Some(target_chunk),
     })
 }
 

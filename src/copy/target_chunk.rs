@@ -34,62 +34,92 @@ pub async fn has_slices(db: &Db, chunk: &QualifiedName, slices: &[Slice]) -> Res
     }
 }
 
+/// Target. $1 = hypertable schema, $2 = hypertable table, $3 = slices as
+/// `{"column": [start, end]}`. The chunk of that hypertable with exactly
+/// these slices, if any.
+// language=PostgreSQL
+const CHUNK_BY_SLICES: &str = "\
+SELECT c.schema_name::text, c.table_name::text
+FROM _timescaledb_catalog.chunk c
+JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
+WHERE h.schema_name = $1 AND h.table_name = $2 AND NOT c.dropped
+  AND (SELECT jsonb_object_agg(d.column_name, jsonb_build_array(ds.range_start, ds.range_end))
+       FROM _timescaledb_catalog.chunk_constraint x
+       JOIN _timescaledb_catalog.dimension_slice ds ON ds.id = x.dimension_slice_id
+       JOIN _timescaledb_catalog.dimension d ON d.id = ds.dimension_id
+       WHERE x.chunk_id = c.id) = $3::jsonb
+LIMIT 1";
+
 /// Create the chunk with these slices in `hypertable` (or return the existing
-/// one: `create_chunk` is idempotent for identical slices).
-pub async fn create(
+/// one: `create_chunk` is idempotent for identical slices). `None` when the
+/// server does not allow `create_chunk` (the Apache-licensed build): the copy
+/// then lets TimescaleDB create the chunk as rows arrive.
+pub async fn try_create(
     db: &Db,
     ext: &Extension,
     hypertable: &QualifiedName,
     slices: &[Slice],
-) -> Result<QualifiedName> {
+) -> Result<Option<QualifiedName>> {
+    if !ext.is_community() {
+        return Ok(None);
+    }
     // The functions schema is one of two fixed names read from the catalog.
     let sql = format!(
         "SELECT schema_name::text, table_name::text FROM {}.create_chunk($1::text::regclass, $2::jsonb)",
         crate::ident::quote_ident(&ext.functions_schema)
     );
     let json = slices_json(slices);
-    let row = db
-        .client
-        .query_one(&sql, &[&hypertable.sql(), &json])
-        .await
-        .map_err(|e| {
+    let result = db.client.query_one(&sql, &[&hypertable.sql(), &json]).await;
+    let row = match result {
+        Ok(row) => row,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED) => {
+            return Ok(None)
+        }
+        Err(e) => {
             if let Some(db_err) = e.as_db_error() {
                 if db_err.message().contains("collision") || db_err.message().contains("overlap") {
-                    return Error::Incompatible(format!(
+                    return Err(Error::Incompatible(format!(
                         "target hypertable {hypertable} has a chunk that overlaps the source's \
                          chunk with slices {json} but does not match it: the target's chunk \
                          interval or space partitioning differs from the source's. Restore the \
                          target's schema from a pg_dump of the source (see README), so both \
                          sides partition time the same way. ({})",
                         crate::error::pg_text(&e)
-                    ));
+                    )));
                 }
             }
-            Error::db(
+            return Err(Error::db(
                 db.side,
                 format!("creating the chunk of {hypertable} with slices {json}"),
                 e,
-            )
-        })?;
-    Ok(QualifiedName::new(
+            ));
+        }
+    };
+    Ok(Some(QualifiedName::new(
         row.get::<_, String>(0),
         row.get::<_, String>(1),
-    ))
+    )))
 }
 
 /// The target chunk for a task: the recorded one when it still has the same
-/// slices, otherwise the one TimescaleDB finds or creates for those slices.
-pub async fn resolve(
+/// slices, otherwise the hypertable's chunk with those slices, if any.
+pub async fn find(
     db: &Db,
-    ext: &Extension,
     hypertable: &QualifiedName,
     recorded: Option<&QualifiedName>,
     slices: &[Slice],
-) -> Result<QualifiedName> {
+) -> Result<Option<QualifiedName>> {
     if let Some(chunk) = recorded {
         if has_slices(db, chunk, slices).await? {
-            return Ok(chunk.clone());
+            return Ok(Some(chunk.clone()));
         }
     }
-    create(db, ext, hypertable, slices).await
+    let row = db
+        .query_opt(
+            CHUNK_BY_SLICES,
+            &[&hypertable.schema, &hypertable.name, &slices_json(slices)],
+            &format!("looking up the chunk of {hypertable}"),
+        )
+        .await?;
+    Ok(row.map(|r| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1))))
 }

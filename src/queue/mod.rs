@@ -242,7 +242,7 @@ pub struct CopyDone<'a> {
     pub bytes: i64,
     pub started: SystemTime,
     pub message: &'a str,
-    pub target_chunk: &'a QualifiedName,
+    pub target_chunk: Option<&'a QualifiedName>,
 }
 
 /// Mark a task done, in the transaction that copied it.
@@ -255,8 +255,8 @@ pub async fn complete_copy(db: &Db, id: i64, done: &CopyDone<'_>) -> Result<()> 
             &done.bytes,
             &done.started,
             &done.message,
-            &done.target_chunk.schema,
-            &done.target_chunk.name,
+            &done.target_chunk.map(|c| c.schema.as_str()),
+            &done.target_chunk.map(|c| c.name.as_str()),
         ],
         "recording a finished copy task",
     )

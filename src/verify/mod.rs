@@ -164,22 +164,29 @@ pub async fn verify_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Resu
     if !catalog::chunk_exists(src, &task.chunk).await? {
         return Ok(Outcome::SourceGone);
     }
-    let target = match &task.target_chunk {
-        Some(t) if target_chunk::has_slices(tgt, t, &task.slices).await? => t.clone(),
-        _ => {
-            return Ok(Outcome::Mismatch(format!(
-                "the target has no chunk for source chunk {} any more (was it dropped on the target?). \
-                 Stage and copy it again",
-                task.chunk
-            )))
-        }
-    };
     let _ = ctx;
     let src_cols = catalog::relation_columns(src, &task.chunk).await?;
     let filter = task.filter();
     let (sql_src, fields) = summary_query(&task.chunk, &src_cols, filter.as_deref());
-    let (sql_tgt, _) = summary_query(&target, &src_cols, filter.as_deref());
     let s = summarize(src, &task.chunk, &sql_src).await?;
+    let Some(target) = target_chunk::find(
+        tgt,
+        &task.hypertable,
+        task.target_chunk.as_ref(),
+        &task.slices,
+    )
+    .await?
+    else {
+        if s[0].as_deref() == Some("0") {
+            return Ok(Outcome::Match { rows: 0 });
+        }
+        return Ok(Outcome::Mismatch(format!(
+            "the target has no chunk for source chunk {} (was it dropped on the target?). \
+             Stage and copy it again",
+            task.chunk
+        )));
+    };
+    let (sql_tgt, _) = summary_query(&target, &src_cols, filter.as_deref());
     let t = match summarize(tgt, &target, &sql_tgt).await {
         Ok(t) => t,
         Err(e) => {

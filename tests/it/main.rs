@@ -1,0 +1,9 @@
+//! Integration tests against real PostgreSQL + TimescaleDB servers.
+//! See harness/mod.rs for how servers are found and how skips are reported.
+
+mod harness;
+
+mod copy;
+mod errors;
+mod resume;
+mod stage;
