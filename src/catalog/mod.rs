@@ -316,6 +316,71 @@ pub async fn relation_exists(db: &Db, rel: &QualifiedName) -> Result<bool> {
     Ok(row.get(0))
 }
 
+/// How a hypertable or chunk is compressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressionSettings {
+    pub segmentby: Vec<String>,
+    pub orderby: Vec<String>,
+    pub orderby_desc: Vec<bool>,
+    pub orderby_nullsfirst: Vec<bool>,
+}
+
+impl CompressionSettings {
+    /// The settings as `ALTER TABLE ... SET (...)` options.
+    pub fn as_options(&self) -> String {
+        let orderby: Vec<String> = self
+            .orderby
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let desc = self.orderby_desc.get(i).copied().unwrap_or(false);
+                let nf = self.orderby_nullsfirst.get(i).copied().unwrap_or(false);
+                let mut s = crate::ident::quote_ident(c);
+                s.push_str(if desc { " DESC" } else { " ASC" });
+                if nf != desc {
+                    s.push_str(if nf { " NULLS FIRST" } else { " NULLS LAST" });
+                }
+                s
+            })
+            .collect();
+        let segmentby: Vec<String> = self
+            .segmentby
+            .iter()
+            .map(|c| crate::ident::quote_ident(c))
+            .collect();
+        format!(
+            "timescaledb.compress_segmentby = '{}', timescaledb.compress_orderby = '{}'",
+            segmentby.join(", ").replace('\'', "''"),
+            orderby.join(", ").replace('\'', "''")
+        )
+    }
+}
+
+/// The compression settings recorded for the first of `rels` that has any.
+pub async fn compression_settings(
+    db: &Db,
+    rels: &[&QualifiedName],
+) -> Result<Option<CompressionSettings>> {
+    for rel in rels {
+        let row = db
+            .query_opt(
+                sql::COMPRESSION_SETTINGS,
+                &[&rel.sql()],
+                &format!("reading the compression settings of {rel}"),
+            )
+            .await?;
+        if let Some(r) = row {
+            return Ok(Some(CompressionSettings {
+                segmentby: r.get(0),
+                orderby: r.get(1),
+                orderby_desc: r.get(2),
+                orderby_nullsfirst: r.get(3),
+            }));
+        }
+    }
+    Ok(None)
+}
+
 fn opt_name(schema: Option<String>, name: Option<String>) -> Option<QualifiedName> {
     match (schema, name) {
         (Some(s), Some(n)) => Some(QualifiedName::new(s, n)),

@@ -170,3 +170,13 @@ JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oi
 LEFT JOIN pg_type e ON e.oid = b.typelem AND b.typcategory = 'A'
 WHERE a.attrelid = to_regclass($1::text) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum";
+
+/// Either side. $1 = quoted relation name (a hypertable, a chunk, or, before
+/// TimescaleDB 2.19, a compressed chunk: the key of per-chunk settings moved).
+/// Its compression settings: segmentby, orderby, orderby_desc, orderby_nullsfirst.
+// language=PostgreSQL
+pub const COMPRESSION_SETTINGS: &str = "\
+SELECT coalesce(segmentby, '{}')::text[], coalesce(orderby, '{}')::text[],
+       coalesce(orderby_desc, '{}')::bool[], coalesce(orderby_nullsfirst, '{}')::bool[]
+FROM _timescaledb_catalog.compression_settings
+WHERE relid = to_regclass($1::text)";

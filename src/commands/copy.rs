@@ -235,6 +235,7 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let ctx = Context {
         source: catalog::extension(&src).await?,
         target: catalog::extension(&tgt).await?,
+        replica_role: crate::copy::invalidation::can_use_replica_role(&tgt).await,
     };
     catalog::ensure_compatible(&ctx.source, &ctx.target)?;
     let before = queue::counts(&tgt).await?;

@@ -102,6 +102,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     let tasks = plan::tasks_for(&chunks, &windows);
 
     check_target_hypertables(&src, &tgt, &tasks).await?;
+    check_compression_settings(&src, &tgt, &tasks).await?;
 
     let mut report = StageReport {
         hypertables: tasks
@@ -178,6 +179,21 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
         }
     }
 
+    // A whole compressed source chunk goes into a compressed target chunk:
+    // create that now too (compress_chunk of the still empty chunk).
+    for (t, w) in new.iter().chain(widened.iter()) {
+        let whole = w.lower.is_none() && w.upper.is_none();
+        let Some(target) = target_of.get(&t.chunk.chunk) else {
+            continue;
+        };
+        if whole && t.chunk.compressed_chunk.is_some() && target_ext.is_community() {
+            let state = crate::copy::compressed::chunk_state(&tgt, target).await?;
+            if matches!(state, Some(s) if s.compressed.is_none()) {
+                crate::copy::compressed::precreate(&tgt, &target_ext, target).await?;
+            }
+        }
+    }
+
     let staged = |t: &NewTask, w: &TaskWindow| -> StagedTask {
         let target = target_of.get(&t.chunk.chunk);
         StagedTask {
@@ -246,6 +262,52 @@ async fn check_target_hypertables(
         "the target does not match the source:\n  - {}\nCreate the target's schema from a \
          pg_dump of the source (see README: preparing the target), or leave these hypertables \
          out with --filter. Nothing was changed.",
+        problems.join("\n  - ")
+    )))
+}
+
+/// A compressed source chunk is copied batch by batch into a target
+/// compressed chunk, which only works when both sides compress the same way.
+/// Reports every hypertable whose settings differ, with the fix.
+async fn check_compression_settings(
+    src: &crate::db::Db,
+    tgt: &crate::db::Db,
+    tasks: &[NewTask],
+) -> Result<()> {
+    let mut first: BTreeMap<&QualifiedName, &SourceChunk> = BTreeMap::new();
+    for t in tasks {
+        if t.chunk.compressed_chunk.is_some() && t.lower.is_none() && t.upper.is_none() {
+            first.entry(&t.chunk.hypertable).or_insert(&t.chunk);
+        }
+    }
+    let mut problems = Vec::new();
+    for (ht, chunk) in first {
+        let mut keys = vec![&chunk.chunk];
+        keys.extend(chunk.compressed_chunk.as_ref());
+        keys.push(ht);
+        let source = catalog::compression_settings(src, &keys).await?;
+        let target = catalog::compression_settings(tgt, &[ht]).await?;
+        match (source, target) {
+            (Some(s), Some(t)) if s == t => {}
+            (Some(s), t) => problems.push(format!(
+                "{ht}: chunk {} is compressed with ({}) on the source, but the target hypertable {}. \
+                 Fix: on the target, ALTER TABLE {ht} SET (timescaledb.compress, {})",
+                chunk.chunk,
+                s.as_options(),
+                match t {
+                    Some(t) => format!("uses ({})", t.as_options()),
+                    None => "has compression off".to_string(),
+                },
+                s.as_options()
+            )),
+            (None, _) => {}
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Incompatible(format!(
+        "compression settings differ between source and target:\n  - {}\nNothing was changed.",
         problems.join("\n  - ")
     )))
 }

@@ -108,6 +108,7 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     let ctx = Context {
         source: catalog::extension(&src).await?,
         target: catalog::extension(&tgt).await?,
+        replica_role: crate::copy::invalidation::can_use_replica_role(&tgt).await,
     };
     if cfg.all {
         queue::reset_verify(&tgt).await?;

@@ -2,6 +2,8 @@
 //! opens the two transactions, claims the task, calls [`copy_task`], and
 //! records the outcome in the same target transaction.
 
+pub mod compressed;
+pub mod invalidation;
 mod pipe;
 pub mod target_chunk;
 
@@ -18,6 +20,8 @@ use crate::queue::Task;
 pub struct Context {
     pub source: Extension,
     pub target: Extension,
+    /// The target role may set `session_replication_role` (see [`invalidation`]).
+    pub replica_role: bool,
 }
 
 /// The result of one copy task.
@@ -33,29 +37,15 @@ pub enum Outcome {
     SourceGone,
 }
 
-/// Either side. $1 = chunk schema, $2 = chunk table. Whether the chunk has a
-/// compressed chunk; no row when the chunk is gone.
-// language=PostgreSQL
-const CHUNK_COMPRESSION: &str = "\
-SELECT c.compressed_chunk_id IS NOT NULL
-FROM _timescaledb_catalog.chunk c
-WHERE c.schema_name = $1 AND c.table_name = $2 AND NOT c.dropped
-  AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL";
-
-async fn compression(db: &Db, chunk: &QualifiedName) -> Result<Option<bool>> {
-    let row = db
-        .query_opt(
-            CHUNK_COMPRESSION,
-            &[&chunk.schema, &chunk.name],
-            &format!("looking up chunk {chunk}"),
-        )
-        .await?;
-    Ok(row.map(|r| r.get(0)))
-}
-
 /// Copy one task's rows. Both transactions are open; the caller commits.
+///
+/// The target chunk ends with the source's rows in the task's range and, for
+/// a whole chunk, the source's compression state: compressed batches are
+/// copied as they are. A task whose range cuts through a compressed chunk
+/// copies its rows decompressed and leaves the target chunk as compressed as
+/// it was.
 pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result<Outcome> {
-    let Some(source_compressed) = compression(src, &task.chunk).await? else {
+    let Some(s_state) = compressed::chunk_state(src, &task.chunk).await? else {
         return Ok(Outcome::SourceGone);
     };
     let mut target = target_chunk::find(
@@ -68,21 +58,21 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     if target.is_none() {
         target = target_chunk::try_create(tgt, &ctx.target, &task.hypertable, &task.slices).await?;
     }
-    if source_compressed {
-        tracing::warn!(chunk = %task.chunk, "source chunk is compressed: copying its rows decompressed");
-    }
-    // A compressed source chunk is read without ONLY: TimescaleDB then returns
-    // its compressed rows decompressed, with the uncompressed ones.
-    let only = if source_compressed { "" } else { "ONLY " };
-    let src_cols = catalog::relation_columns(src, &task.chunk).await?;
     let filter = task.filter();
+    let src_cols = catalog::relation_columns(src, &task.chunk).await?;
 
-    let Some(target_chunk) = target else {
+    let Some(t_chunk) = target else {
         // No chunk with these slices, and this server does not let us create
         // one (Apache license): nothing on the target holds this range, and
         // rows sent through the hypertable make TimescaleDB create the chunk.
+        // (Compression and continuous aggregates do not exist there.)
         let ht_cols = catalog::relation_columns(tgt, &task.hypertable).await?;
         check_columns(&task.chunk, &task.hypertable, &src_cols, &ht_cols)?;
+        let only = if s_state.compressed.is_some() {
+            ""
+        } else {
+            "ONLY "
+        };
         let stats = copy_rows(
             src,
             tgt,
@@ -110,39 +100,68 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         });
     };
 
-    let target_compressed = compression(tgt, &target_chunk).await?.unwrap_or(false);
-    if target_compressed {
-        // Rows of a compressed target chunk can only be replaced once it is
-        // decompressed; it ends uncompressed.
-        tracing::warn!(chunk = %target_chunk, "target chunk is compressed: decompressing it before copying");
-        let sql = format!(
-            "SELECT {}.decompress_chunk($1::text::regclass, if_compressed => true)",
-            quote_ident(&ctx.target.schema)
-        );
-        tgt.execute(
-            &sql,
-            &[&target_chunk.sql()],
-            &format!("decompressing {target_chunk}"),
-        )
-        .await?;
-    }
-    let tgt_cols = catalog::relation_columns(tgt, &target_chunk).await?;
-    check_columns(&task.chunk, &target_chunk, &src_cols, &tgt_cols)?;
-    delete_range(tgt, &target_chunk, filter.as_deref()).await?;
-    let stats = copy_rows(
-        src,
-        tgt,
-        &task.chunk,
-        &target_chunk,
-        &src_cols,
-        only,
-        filter.as_deref(),
-    )
-    .await?;
+    let t_state = compressed::chunk_state(tgt, &t_chunk)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("target chunk {t_chunk} vanished")))?;
+    let tgt_cols = catalog::relation_columns(tgt, &t_chunk).await?;
+    check_columns(&task.chunk, &t_chunk, &src_cols, &tgt_cols)?;
+    let suppressed = invalidation::suppress(tgt, &t_chunk, ctx.replica_role).await?;
+
+    let stats = match (&filter, &s_state.compressed) {
+        // A whole compressed chunk: batches as they are.
+        (None, Some(_)) => {
+            compressed::copy_whole(
+                src,
+                tgt,
+                ctx,
+                &task.hypertable,
+                (&task.chunk, &s_state),
+                (&t_chunk, &t_state),
+            )
+            .await?
+        }
+        // A whole uncompressed chunk: the target ends uncompressed too.
+        (None, None) => {
+            if let Some(t_compressed) = &t_state.compressed {
+                tgt.execute(
+                    &format!("DELETE FROM ONLY {}", t_compressed.sql()),
+                    &[],
+                    &format!("deleting the batches of {t_compressed}"),
+                )
+                .await?;
+                compressed::decompress(tgt, ctx, &t_chunk).await?;
+            }
+            delete_range(tgt, &t_chunk, None).await?;
+            copy_rows(src, tgt, &task.chunk, &t_chunk, &src_cols, "ONLY ", None).await?
+        }
+        // A range inside the chunk: rows decompressed, and the target chunk
+        // left as compressed as it was.
+        (Some(f), _) => {
+            let was_compressed = t_state.compressed.is_some();
+            if was_compressed {
+                compressed::decompress(tgt, ctx, &t_chunk).await?;
+            }
+            delete_range(tgt, &t_chunk, Some(f)).await?;
+            // Without ONLY, TimescaleDB returns a compressed source chunk's
+            // rows decompressed, with its uncompressed ones.
+            let only = if s_state.compressed.is_some() {
+                ""
+            } else {
+                "ONLY "
+            };
+            let stats =
+                copy_rows(src, tgt, &task.chunk, &t_chunk, &src_cols, only, Some(f)).await?;
+            if was_compressed {
+                compressed::compress(tgt, ctx, &t_chunk).await?;
+            }
+            stats
+        }
+    };
+    suppressed.restore(tgt).await?;
     Ok(Outcome::Copied {
         rows: stats.rows,
         bytes: stats.bytes,
-        target_chunk: Some(target_chunk),
+        target_chunk: Some(t_chunk),
     })
 }
 

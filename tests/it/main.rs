@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod compressed;
 mod copy;
 mod errors;
 mod resume;

@@ -1,0 +1,172 @@
+//! Compressed chunks: copied as their compressed batches (the rows of the
+//! compressed chunk table, never decompressed on the source), and the target
+//! chunk's compression state brought in line with the source's, only through
+//! TimescaleDB's own functions (`compress_chunk`, `decompress_chunk`).
+
+use crate::catalog::{self, Extension};
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::ident::{quote_ident, QualifiedName};
+
+use super::{copy_rows, Context, PipeStats};
+
+/// chunk.status bit: the chunk has rows outside its compressed batches.
+const STATUS_PARTIAL: i32 = 8;
+
+/// Either side. $1 = chunk schema, $2 = chunk table. The compressed chunk
+/// (schema, table; NULL when not compressed) and the status bits; no row when
+/// the chunk is gone.
+// language=PostgreSQL
+const CHUNK_STATE: &str = "\
+SELECT cc.schema_name::text, cc.table_name::text, c.status
+FROM _timescaledb_catalog.chunk c
+LEFT JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id
+WHERE c.schema_name = $1 AND c.table_name = $2 AND NOT c.dropped
+  AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL";
+
+/// A chunk's compression state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkState {
+    pub compressed: Option<QualifiedName>,
+    pub partial: bool,
+}
+
+/// The compression state of a chunk, or `None` when it no longer exists.
+pub async fn chunk_state(db: &Db, chunk: &QualifiedName) -> Result<Option<ChunkState>> {
+    let row = db
+        .query_opt(
+            CHUNK_STATE,
+            &[&chunk.schema, &chunk.name],
+            &format!("looking up chunk {chunk}"),
+        )
+        .await?;
+    Ok(row.map(|r| ChunkState {
+        compressed: match (r.get::<_, Option<String>>(0), r.get::<_, Option<String>>(1)) {
+            (Some(s), Some(n)) => Some(QualifiedName::new(s, n)),
+            _ => None,
+        },
+        partial: r.get::<_, i32>(2) & STATUS_PARTIAL != 0,
+    }))
+}
+
+async fn call(db: &Db, ext: &Extension, function: &str, chunk: &QualifiedName) -> Result<()> {
+    // Public API functions in the extension's schema (read from the catalog).
+    let sql = format!(
+        "SELECT {}.{function}($1::text::regclass)",
+        quote_ident(&ext.schema)
+    );
+    db.execute(&sql, &[&chunk.sql()], &format!("{function} of {chunk}"))
+        .await?;
+    Ok(())
+}
+
+pub async fn compress(db: &Db, ctx: &Context, chunk: &QualifiedName) -> Result<()> {
+    call(db, &ctx.target, "compress_chunk", chunk).await
+}
+
+pub async fn decompress(db: &Db, ctx: &Context, chunk: &QualifiedName) -> Result<()> {
+    call(db, &ctx.target, "decompress_chunk", chunk).await
+}
+
+/// Give an (empty) target chunk its compressed chunk ahead of the copy, the
+/// way TimescaleDB itself would, so that copy workers do not contend on it.
+pub async fn precreate(db: &Db, ext: &Extension, chunk: &QualifiedName) -> Result<()> {
+    call(db, ext, "compress_chunk", chunk).await
+}
+
+async fn delete_all(db: &Db, rel: &QualifiedName) -> Result<u64> {
+    db.execute(
+        &format!("DELETE FROM ONLY {}", rel.sql()),
+        &[],
+        &format!("deleting the rows of {rel}"),
+    )
+    .await
+}
+
+/// Empty the target chunk and leave it compressed with an empty compressed
+/// chunk and without the partial flag, ready to receive batches. Returns the
+/// compressed chunk.
+pub async fn reset_to_empty_compressed(
+    tgt: &Db,
+    ctx: &Context,
+    chunk: &QualifiedName,
+    state: &ChunkState,
+) -> Result<QualifiedName> {
+    if let Some(compressed) = &state.compressed {
+        // Batches first: before TimescaleDB 2.23 a DELETE on the chunk
+        // itself does not reach its compressed rows.
+        delete_all(tgt, compressed).await?;
+        delete_all(tgt, chunk).await?;
+        if !state.partial {
+            return Ok(compressed.clone());
+        }
+        // Clear the partial flag the only allowed way: decompress and
+        // compress again, both cheap on an empty chunk.
+        decompress(tgt, ctx, chunk).await?;
+    } else {
+        delete_all(tgt, chunk).await?;
+    }
+    compress(tgt, ctx, chunk).await?;
+    match chunk_state(tgt, chunk).await? {
+        Some(ChunkState {
+            compressed: Some(c),
+            ..
+        }) => Ok(c),
+        _ => Err(Error::Internal(format!(
+            "compress_chunk did not give target chunk {chunk} a compressed chunk"
+        ))),
+    }
+}
+
+/// Copy a whole compressed source chunk: its batches as they are into the
+/// target's compressed chunk, then the rows a partially compressed source
+/// chunk holds outside its batches, through the hypertable so that
+/// TimescaleDB marks the target chunk partial as well.
+pub async fn copy_whole(
+    src: &Db,
+    tgt: &Db,
+    ctx: &Context,
+    hypertable: &QualifiedName,
+    source: (&QualifiedName, &ChunkState),
+    target: (&QualifiedName, &ChunkState),
+) -> Result<PipeStats> {
+    let (s_chunk, s_state) = source;
+    let (t_chunk, t_state) = target;
+    let Some(s_compressed) = &s_state.compressed else {
+        return Err(Error::Internal(
+            "copy_whole needs a compressed source chunk".into(),
+        ));
+    };
+    let t_compressed = reset_to_empty_compressed(tgt, ctx, t_chunk, t_state).await?;
+
+    let s_cols = catalog::relation_columns(src, s_compressed).await?;
+    let t_cols = catalog::relation_columns(tgt, &t_compressed).await?;
+    let diffs = catalog::column_differences(&s_cols, &t_cols);
+    if !diffs.is_empty() {
+        return Err(Error::Incompatible(format!(
+            "the compressed chunks of {s_chunk} (source {s_compressed}, target {t_compressed}) \
+             have different layouts: {}. The hypertable's compression settings differ between \
+             source and target: make the target's `timescaledb.compress_segmentby` and \
+             `timescaledb.compress_orderby` equal to the source's",
+            diffs.join("; ")
+        )));
+    }
+    let mut stats = copy_rows(
+        src,
+        tgt,
+        s_compressed,
+        &t_compressed,
+        &s_cols,
+        "ONLY ",
+        None,
+    )
+    .await?;
+
+    if s_state.partial {
+        let cols = catalog::relation_columns(src, s_chunk).await?;
+        let more = copy_rows(src, tgt, s_chunk, hypertable, &cols, "ONLY ", None).await?;
+        stats.rows += more.rows;
+        stats.bytes += more.bytes;
+    }
+    Ok(stats)
+}

@@ -1,0 +1,255 @@
+//! Compressed chunks (need the Timescale license): copied as batches, the
+//! target chunk ending in the source's compression state.
+
+use crate::harness::Dbs;
+
+const SCHEMA: &str = "
+CREATE TABLE cm (time timestamptz NOT NULL, device int NOT NULL, v float8, note text);
+SELECT create_hypertable('cm', by_range('time', INTERVAL '1 day'));
+ALTER TABLE cm SET (timescaledb.compress, timescaledb.compress_segmentby = 'device',
+                    timescaledb.compress_orderby = 'time DESC');
+";
+
+const DATA: &str = "
+INSERT INTO cm SELECT t, d, d * 0.5 + extract(epoch from t) / 1e9, 'n' || d
+FROM generate_series('2024-01-01'::timestamptz, '2024-01-06 23:59', '5 min') t, generate_series(1, 3) d;
+";
+
+/// Compress the chunks of days 1-4, make day 2 partial (a row written after
+/// compression), leave days 5-6 uncompressed.
+const COMPRESS: &str = "
+SELECT compress_chunk(c) FROM show_chunks('cm', older_than => '2024-01-05'::timestamptz) c;
+INSERT INTO cm VALUES ('2024-01-02 12:02:30+00', 7, 1.25, 'late');
+";
+
+/// Per source chunk: name, status, batch count; and the same for the target
+/// chunk with the same time slice.
+const STATES: &str = "
+SELECT c.table_name::text, c.status,
+       (SELECT count(*) FROM _timescaledb_catalog.chunk cc WHERE cc.id = c.compressed_chunk_id)::int
+FROM _timescaledb_catalog.chunk c
+JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
+WHERE h.table_name = 'cm' AND NOT c.dropped
+ORDER BY (SELECT ds.range_start FROM _timescaledb_catalog.chunk_constraint x
+          JOIN _timescaledb_catalog.dimension_slice ds ON ds.id = x.dimension_slice_id
+          WHERE x.chunk_id = c.id LIMIT 1)";
+
+async fn statuses(c: &tokio_postgres::Client) -> Vec<i32> {
+    c.query(STATES, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(1))
+        .collect()
+}
+
+async fn batch_count(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT coalesce(sum(n), 0)::bigint FROM (
+           SELECT (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I.%I', cc.schema_name, cc.table_name), false, true, '')))[1]::text::bigint AS n
+           FROM _timescaledb_catalog.chunk c JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id
+           JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
+           WHERE h.table_name = 'cm' AND NOT c.dropped) x",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn fingerprint(c: &tokio_postgres::Client, filter: &str) -> (i64, String) {
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(md5(string_agg(r, ',' ORDER BY r)), '') FROM
+                 (SELECT (time, device, v, note)::text AS r FROM cm {filter}) x"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+async fn licensed(name: &str) -> Option<Dbs> {
+    let db = Dbs::new(name).await?;
+    if !db.require_license().await {
+        db.cleanup().await;
+        return None;
+    }
+    Some(db)
+}
+
+async fn assert_same(db: &Dbs) {
+    assert_eq!(
+        fingerprint(&db.src, "").await,
+        fingerprint(&db.tgt, "").await,
+        "rows differ"
+    );
+    assert_eq!(
+        statuses(&db.src).await,
+        statuses(&db.tgt).await,
+        "chunk compression states differ"
+    );
+    assert_eq!(
+        batch_count(&db.src).await,
+        batch_count(&db.tgt).await,
+        "compressed batch counts differ"
+    );
+}
+
+#[tokio::test]
+async fn compressed_chunks_restored_by_pg_dump_get_the_batches_and_status() {
+    let Some(db) = licensed("cz_pg_dump").await else {
+        return;
+    };
+    db.src.batch_execute(SCHEMA).await.unwrap();
+    db.src.batch_execute(DATA).await.unwrap();
+    db.src.batch_execute(COMPRESS).await.unwrap();
+    db.restore_schema_with_pg_dump().await.unwrap();
+    db.stage(&["--until", "2024-01-07"])
+        .await
+        .assert_ok()
+        .assert_contains("Staged 6 chunk(s)");
+    db.copy(&[]).await.assert_ok();
+    assert_eq!(statuses(&db.src).await, vec![1, 9, 1, 1, 0, 0]);
+    assert_same(&db).await;
+    db.verify(&[]).await.assert_ok().assert_contains("6 match");
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn compressed_on_the_source_only_creates_compressed_target_chunks_at_stage() {
+    let Some(db) = licensed("cz_source_only").await else {
+        return;
+    };
+    db.both(SCHEMA).await.unwrap();
+    db.src.batch_execute(DATA).await.unwrap();
+    db.src.batch_execute(COMPRESS).await.unwrap();
+    db.stage(&["--until", "2024-01-07"]).await.assert_ok();
+    // Stage created the target chunks, the compressed ones compressed (empty).
+    assert_eq!(statuses(&db.tgt).await, vec![1, 1, 1, 1, 0, 0]);
+    db.copy(&[]).await.assert_ok();
+    assert_same(&db).await;
+    db.verify(&[]).await.assert_ok();
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn compressed_or_decompressed_on_the_source_after_the_target_was_restored() {
+    let Some(db) = licensed("cz_changed_after").await else {
+        return;
+    };
+    db.src.batch_execute(SCHEMA).await.unwrap();
+    db.src.batch_execute(DATA).await.unwrap();
+    db.src.batch_execute(COMPRESS).await.unwrap();
+    db.restore_schema_with_pg_dump().await.unwrap();
+    // After the restore: day 5 gets compressed, day 3 decompressed.
+    db.src
+        .batch_execute(
+            "SELECT compress_chunk(c) FROM show_chunks('cm') c WHERE c IN (SELECT show_chunks('cm', newer_than => '2024-01-05'::timestamptz, older_than => '2024-01-06'::timestamptz));
+             SELECT decompress_chunk(c) FROM show_chunks('cm') c WHERE c IN (SELECT show_chunks('cm', newer_than => '2024-01-03'::timestamptz, older_than => '2024-01-04'::timestamptz));",
+        )
+        .await
+        .unwrap();
+    assert_eq!(statuses(&db.src).await, vec![1, 9, 0, 1, 1, 0]);
+    db.stage(&["--until", "2024-01-07"]).await.assert_ok();
+    db.copy(&[]).await.assert_ok();
+    assert_same(&db).await;
+    db.verify(&[]).await.assert_ok();
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn compressed_until_inside_a_compressed_chunk_keeps_dual_writes_and_compression() {
+    let Some(db) = licensed("cz_until_inside").await else {
+        return;
+    };
+    db.both(SCHEMA).await.unwrap();
+    db.src.batch_execute(DATA).await.unwrap();
+    db.src.batch_execute(COMPRESS).await.unwrap();
+    // Dual-writes from T = 2024-01-03 12:00 on, also compressed on the target.
+    db.tgt
+        .batch_execute(
+            "INSERT INTO cm SELECT t, d, d * 0.5 + extract(epoch from t) / 1e9, 'n' || d
+             FROM generate_series('2024-01-03 12:00'::timestamptz, '2024-01-06 23:59', '5 min') t, generate_series(1, 3) d;
+             SELECT compress_chunk(c) FROM show_chunks('cm', older_than => '2024-01-05'::timestamptz) c;",
+        )
+        .await
+        .unwrap();
+    let above = "WHERE time >= '2024-01-03 12:00+00'";
+    let before_above = fingerprint(&db.tgt, above).await;
+    db.stage(&["--until", "2024-01-03 12:00+00"])
+        .await
+        .assert_ok();
+    db.copy(&[]).await.assert_ok();
+    let below = "WHERE time < '2024-01-03 12:00+00'";
+    assert_eq!(
+        fingerprint(&db.src, below).await,
+        fingerprint(&db.tgt, below).await
+    );
+    assert_eq!(
+        fingerprint(&db.tgt, above).await,
+        before_above,
+        "dual-written rows >= T changed"
+    );
+    let st = statuses(&db.tgt).await;
+    assert_eq!(
+        st[2] & 1,
+        1,
+        "the boundary chunk must stay compressed: {st:?}"
+    );
+    db.verify(&[]).await.assert_ok();
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn compressed_rerun_into_chunks_that_already_hold_batches_never_duplicates() {
+    let Some(db) = licensed("cz_rerun").await else {
+        return;
+    };
+    db.both(SCHEMA).await.unwrap();
+    db.src.batch_execute(DATA).await.unwrap();
+    db.src.batch_execute(COMPRESS).await.unwrap();
+    // The target already holds data for these chunks, compressed there.
+    db.tgt.batch_execute(DATA).await.unwrap();
+    db.tgt
+        .batch_execute("SELECT compress_chunk(c) FROM show_chunks('cm') c")
+        .await
+        .unwrap();
+    db.stage(&["--until", "2024-01-07"]).await.assert_ok();
+    db.copy(&[]).await.assert_ok();
+    assert_same(&db).await;
+    // Copy everything once more from a fresh queue.
+    db.run(&["clean", "--target", "{T}"]).await.assert_ok();
+    db.stage(&["--until", "2024-01-07"]).await.assert_ok();
+    db.copy(&[]).await.assert_ok();
+    assert_same(&db).await;
+    db.verify(&[]).await.assert_ok();
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn compressed_settings_that_differ_are_refused_at_stage_with_the_fix() {
+    let Some(db) = licensed("cz_settings").await else {
+        return;
+    };
+    db.src.batch_execute(SCHEMA).await.unwrap();
+    db.tgt
+        .batch_execute(&SCHEMA.replace(
+            "compress_segmentby = 'device'",
+            "compress_segmentby = 'note'",
+        ))
+        .await
+        .unwrap();
+    db.src.batch_execute(DATA).await.unwrap();
+    db.src.batch_execute(COMPRESS).await.unwrap();
+    let r = db.stage(&["--until", "2024-01-07"]).await;
+    r.assert_code(3)
+        .assert_contains("compression settings differ")
+        .assert_contains("timescaledb.compress_segmentby = '\"device\"'")
+        .assert_contains("ALTER TABLE \"public\".\"cm\" SET (timescaledb.compress");
+    assert!(!db.queue_exists().await);
+    assert_eq!(db.target_chunk_count().await, 0);
+    db.cleanup().await;
+}
