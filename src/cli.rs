@@ -30,8 +30,28 @@ pub enum Command {
     Copy(CopyArgs),
     /// Compare each copied chunk on both sides
     Verify(VerifyArgs),
+    /// Refresh the target's continuous aggregates up to the source's watermarks
+    RefreshCaggs(RefreshCaggsArgs),
     /// Drop hyperfill's queue schema from the target
     Clean(CleanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshCaggsArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+
+    /// Case-insensitive POSIX regex on schema.view of continuous aggregates
+    #[arg(short = 'f', long)]
+    pub filter: Option<String>,
+
+    /// With --filter, also refresh the continuous aggregates built on the matches
+    #[arg(short = 'U', long)]
+    pub cascade_up: bool,
+
+    /// With --filter, also refresh the continuous aggregates the matches are built on
+    #[arg(short = 'D', long)]
+    pub cascade_down: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -3,12 +3,13 @@
 //!
 //! Layout (see ARCHITECTURE.md for the invariants):
 //! `cli` clap types · `error` errors and exit codes · `db` connections ·
-//! `ident` quoting · `catalog` read-only TimescaleDB introspection ·
+//! `ident` quoting · `caggs` continuous aggregates · `catalog` read-only TimescaleDB introspection ·
 //! `plan` pure staging decisions · `queue` the work queue in the target ·
 //! `copy` the per-chunk copy engine · `verify` the per-chunk comparison ·
 //! `worker` the worker pool · `commands` one module per subcommand ·
 //! `ui` what the user reads.
 
+pub mod caggs;
 pub mod catalog;
 pub mod cli;
 pub mod commands;
@@ -113,6 +114,17 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> Result<()> {
             )
             .await
             .map(|_| ())
+        }
+        Command::RefreshCaggs(a) => {
+            let (source, target) = conns(&a.conn)?;
+            commands::refresh_caggs(
+                &source,
+                &target,
+                a.filter.as_deref(),
+                a.cascade_up,
+                a.cascade_down,
+            )
+            .await
         }
         Command::Clean(a) => {
             let target = ConnInfo::parse(Side::Target, &a.target)?;

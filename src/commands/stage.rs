@@ -128,6 +128,9 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     }
 
     queue::migrate(&tgt).await?;
+    // Held until this connection closes: concurrent stages take turns, so
+    // none works from windows another is about to change.
+    queue::lock(&tgt).await?;
     let existing = queue::task_windows(&tgt).await?;
     let mut new = Vec::new();
     let mut widened = Vec::new();
@@ -218,6 +221,17 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
             estimated_bytes: t.chunk.size_bytes,
         }
     };
+    report.hypertables = new
+        .iter()
+        .chain(widened.iter())
+        .map(|(t, _)| &t.chunk.hypertable)
+        .collect::<BTreeSet<_>>()
+        .len();
+    report.estimated_bytes = new
+        .iter()
+        .chain(widened.iter())
+        .map(|(t, _)| t.chunk.size_bytes)
+        .sum();
     let new_rows: Vec<_> = new.iter().map(|(t, w)| staged(t, w)).collect();
     let widened_rows: Vec<_> = widened.iter().map(|(t, w)| staged(t, w)).collect();
     let inserted = queue::enqueue(&tgt, &new_rows, &widened_rows).await?;
@@ -225,6 +239,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     report.already_staged += new_rows.len() as u64 - inserted;
     report.staged = inserted;
     report.requeued = widened_rows.len() as u64;
+    queue::unlock(&tgt).await?;
     Ok(report)
 }
 

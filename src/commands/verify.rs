@@ -1,6 +1,7 @@
 //! `verify`: compare every copied chunk on both sides.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
@@ -32,13 +33,21 @@ pub struct VerifyReport {
     pub seconds: f64,
 }
 
-pub struct Event {
-    chunk: QualifiedName,
-    outcome: Outcome,
+pub enum Event {
+    Done {
+        chunk: QualifiedName,
+        outcome: Outcome,
+    },
+    Retrying {
+        chunk: QualifiedName,
+        error: String,
+    },
 }
 
 struct VerifyJob {
     ctx: Context,
+    /// Chunk and attempts of every task this process tried.
+    tried: Mutex<HashMap<i64, (QualifiedName, u32)>>,
 }
 
 impl VerifyJob {
@@ -48,6 +57,11 @@ impl VerifyJob {
             c.tgt.batch("ROLLBACK", "ending a transaction").await?;
             return Ok(Step::Idle);
         };
+        self.tried
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(task.id)
+            .or_insert_with(|| (task.chunk.clone(), 0));
         let fail = |error: Error| StepError {
             task: Some(task.id),
             error,
@@ -75,12 +89,40 @@ impl VerifyJob {
             .batch("COMMIT", "recording a verification")
             .await
             .map_err(fail)?;
-        Ok(Step::Did(Event {
+        Ok(Step::Did(Event::Done {
             chunk: task.chunk,
             outcome,
         }))
     }
+
+    /// A verification that cannot run is retried when the error is transient;
+    /// otherwise the chunk is recorded as a mismatch with the error, so it is
+    /// counted and shown, never silently passed.
+    async fn failed_inner(&self, c: &Conns, task: i64, error: &Error) -> Result<Event> {
+        let (chunk, attempt) = {
+            let mut tried = self.tried.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = tried
+                .entry(task)
+                .or_insert_with(|| (QualifiedName::new("?", "?"), 0));
+            entry.1 += 1;
+            entry.clone()
+        };
+        if worker::retryable(error) && attempt < MAX_ATTEMPTS {
+            return Ok(Event::Retrying {
+                chunk,
+                error: error.to_string(),
+            });
+        }
+        let message = format!("could not be verified: {error}");
+        queue::complete_verify(&c.tgt, task, VerifyState::Mismatch, &message).await?;
+        Ok(Event::Done {
+            chunk,
+            outcome: Outcome::Mismatch(message),
+        })
+    }
 }
+
+const MAX_ATTEMPTS: u32 = 5;
 
 impl Job for VerifyJob {
     type Event = Event;
@@ -91,13 +133,11 @@ impl Job for VerifyJob {
 
     fn failed<'a>(
         &'a self,
-        _c: &'a Conns,
-        _task: i64,
+        c: &'a Conns,
+        task: i64,
         error: &'a Error,
     ) -> BoxFuture<'a, Result<Event>> {
-        // A verification that cannot run is an error of the run, not a mismatch.
-        let e = Error::Internal(format!("verification failed: {error}"));
-        async move { Err(e) }.boxed()
+        self.failed_inner(c, task, error).boxed()
     }
 }
 
@@ -142,18 +182,28 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
         workers,
         source: cfg.source.clone(),
         target: cfg.target.clone(),
-        max_attempts: 5,
+        max_attempts: MAX_ATTEMPTS,
     };
     let clock = Instant::now();
     let pool = tokio::spawn(worker::run(
         pool_cfg,
-        Arc::new(VerifyJob { ctx }),
+        Arc::new(VerifyJob {
+            ctx,
+            tried: Mutex::new(HashMap::new()),
+        }),
         shutdown.clone(),
         tx,
     ));
     let mut report = VerifyReport::default();
     let mut n = 0;
-    while let Some(Event { chunk, outcome }) = rx.recv().await {
+    while let Some(ev) = rx.recv().await {
+        let (chunk, outcome) = match ev {
+            Event::Done { chunk, outcome } => (chunk, outcome),
+            Event::Retrying { chunk, error } => {
+                ui::line(&format!("Retrying verification of chunk {chunk}: {error}"));
+                continue;
+            }
+        };
         n += 1;
         match outcome {
             Outcome::Match { rows } => {
@@ -188,9 +238,14 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
         report.skipped
     ));
     pool_result?;
-    if report.mismatched > 0 {
+    // The exit code reflects every mismatch on record, this run's or earlier.
+    let recorded = match cfg.target.connect().await {
+        Ok(tgt) => queue::counts(&tgt).await?.verified_mismatch,
+        Err(_) => report.mismatched,
+    };
+    if recorded > 0 {
         return Err(Error::VerifyMismatch {
-            mismatched: report.mismatched,
+            mismatched: recorded,
         });
     }
     if shutdown.graceful.is_cancelled() {

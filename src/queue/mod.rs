@@ -68,6 +68,28 @@ pub async fn migrate(db: &Db) -> Result<()> {
     finish(db, result, what).await
 }
 
+/// Hold the queue's lock for the rest of the session (until [`unlock`] or
+/// disconnect): one `stage` at a time, and no `clean` while one runs.
+pub async fn lock(db: &Db) -> Result<()> {
+    db.execute(
+        sql::ADVISORY_LOCK,
+        &[&sql::LOCK_KEY],
+        "waiting for other stage runs",
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn unlock(db: &Db) -> Result<()> {
+    db.execute(
+        sql::ADVISORY_UNLOCK,
+        &[&sql::LOCK_KEY],
+        "releasing the queue lock",
+    )
+    .await?;
+    Ok(())
+}
+
 /// Drop the queue. Succeeds when it is already gone. Returns whether it existed.
 pub async fn drop(db: &Db) -> Result<bool> {
     let existed = exists(db).await?;
@@ -144,15 +166,13 @@ pub async fn task_windows(db: &Db) -> Result<HashMap<QualifiedName, TaskWindow>>
         .collect())
 }
 
-/// Insert new tasks and re-queue widened ones in one transaction, under the
-/// queue's advisory lock (so two `stage` runs do not interleave). Returns the
-/// number inserted.
+/// Insert new tasks and re-queue widened ones in one transaction. The caller
+/// holds the queue's lock ([`lock`]) from reading the windows to here.
+/// Returns the number inserted.
 pub async fn enqueue(db: &Db, new: &[StagedTask], widened: &[StagedTask]) -> Result<u64> {
     let what = "writing tasks to the queue";
     db.batch("BEGIN", what).await?;
     let result = async {
-        db.execute(sql::ADVISORY_XACT_LOCK, &[&sql::LOCK_KEY], what)
-            .await?;
         let mut inserted = 0;
         for batch in new.chunks(5000) {
             let json = serde_json::to_value(batch).map_err(|e| Error::Internal(e.to_string()))?;

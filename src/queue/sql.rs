@@ -30,6 +30,12 @@ pub const RECORD_MIGRATION: &str = "INSERT INTO __hyperfill.migration (version) 
 pub const ADVISORY_XACT_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 
 // language=PostgreSQL
+pub const ADVISORY_LOCK: &str = "SELECT pg_advisory_lock($1)";
+
+// language=PostgreSQL
+pub const ADVISORY_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+
+// language=PostgreSQL
 pub const DROP_SCHEMA: &str = "DROP SCHEMA IF EXISTS __hyperfill CASCADE";
 
 /// The window of every task: chunk schema, chunk name, lower internal/literal,

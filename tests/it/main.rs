@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod caggs;
 mod compressed;
 mod copy;
 mod errors;

@@ -109,6 +109,7 @@ impl Dbs {
             if env_flag("HYPERFILL_REQUIRE_DB") || env_flag("CI") {
                 panic!("HYPERFILL_TEST_SOURCE_URL / HYPERFILL_TEST_TARGET_URL are not set; run scripts/test.sh");
             }
+            record_skip(name, "no test servers");
             eprintln!("SKIPPED {name}: no test servers (run scripts/test.sh, or set HYPERFILL_TEST_SOURCE_URL and HYPERFILL_TEST_TARGET_URL)");
             return None;
         };
@@ -177,6 +178,7 @@ impl Dbs {
                 self.name
             );
         }
+        record_skip(&self.name, "needs timescaledb.license = timescale");
         eprintln!(
             "\n*** SKIPPED {}: needs a TimescaleDB with the Timescale license (compression, continuous aggregates); this server has '{license}'. Set HYPERFILL_REQUIRE_LICENSED=1 to make this a failure. ***\n",
             self.name
@@ -341,6 +343,21 @@ impl Dbs {
                     .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
                     .await;
             }
+        }
+    }
+}
+
+/// Append a skipped test to `$HYPERFILL_SKIP_LOG` (scripts/test.sh reads it
+/// to report skips as skips, not passes).
+fn record_skip(name: &str, why: &str) {
+    use std::io::Write;
+    if let Ok(path) = std::env::var("HYPERFILL_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{name}: {why}");
         }
     }
 }
