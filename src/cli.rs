@@ -32,8 +32,32 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Refresh the target's continuous aggregates up to the source's watermarks
     RefreshCaggs(RefreshCaggsArgs),
+    /// Show the queue: tasks per hypertable and state, rows and bytes, problems
+    Status(StatusArgs),
     /// Drop hyperfill's queue schema from the target
     Clean(CleanArgs),
+}
+
+/// Output format of a command's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Target connection string (libpq URL or key=value)
+    #[arg(long, env = "HYPERFILL_TARGET", hide_env_values = true)]
+    pub target: String,
+
+    /// How many recent problems (failed, mismatched, retried tasks) to list
+    #[arg(long, default_value_t = 10)]
+    pub errors: i64,
+
+    /// human (default) or json
+    #[arg(long, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

@@ -126,6 +126,10 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> Result<()> {
             )
             .await
         }
+        Command::Status(a) => {
+            let target = ConnInfo::parse(Side::Target, &a.target)?;
+            commands::status(&target, a.errors, a.output == cli::Output::Json).await
+        }
         Command::Clean(a) => {
             let target = ConnInfo::parse(Side::Target, &a.target)?;
             commands::clean(&target).await

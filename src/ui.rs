@@ -114,6 +114,79 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// The `status` table.
+pub fn print_status(st: &crate::queue::Status) {
+    let header = format!(
+        "{:<44} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9} {:>14} {:>10} {:>10}",
+        "hypertable",
+        "pending",
+        "done",
+        "failed",
+        "skipped",
+        "verified",
+        "mismatch",
+        "rows",
+        "copied",
+        "left(est)"
+    );
+    line(&header);
+    let mut total = crate::queue::HypertableStatus {
+        hypertable: crate::ident::QualifiedName::new("", "total"),
+        continuous_aggregate: None,
+        pending: 0,
+        done: 0,
+        failed: 0,
+        skipped: 0,
+        verified: 0,
+        mismatched: 0,
+        rows_copied: 0,
+        bytes_copied: 0,
+        estimated_bytes_left: 0,
+    };
+    let row = |name: &str, h: &crate::queue::HypertableStatus| {
+        format!(
+            "{:<44} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9} {:>14} {:>10} {:>10}",
+            name,
+            h.pending,
+            h.done,
+            h.failed,
+            h.skipped,
+            h.verified,
+            h.mismatched,
+            count(h.rows_copied.max(0) as u64),
+            bytes(h.bytes_copied.max(0) as u64),
+            bytes(h.estimated_bytes_left.max(0) as u64)
+        )
+    };
+    for h in &st.hypertables {
+        let name = match &h.continuous_aggregate {
+            Some(v) => format!("{} ({v})", h.hypertable),
+            None => h.hypertable.to_string(),
+        };
+        line(&row(&name, h));
+        total.pending += h.pending;
+        total.done += h.done;
+        total.failed += h.failed;
+        total.skipped += h.skipped;
+        total.verified += h.verified;
+        total.mismatched += h.mismatched;
+        total.rows_copied += h.rows_copied;
+        total.bytes_copied += h.bytes_copied;
+        total.estimated_bytes_left += h.estimated_bytes_left;
+    }
+    line(&row("total", &total));
+    line(&format!(
+        "hyperfill sessions at work on the target: {}",
+        st.active_sessions
+    ));
+    if !st.problems.is_empty() {
+        line("Recent problems:");
+        for p in &st.problems {
+            line(&format!("  [{}] {}: {}", p.state, p.chunk, p.message));
+        }
+    }
+}
+
 /// The dry-run listing of `stage`.
 pub fn print_dry_run(tasks: &[NewTask]) {
     line(&format!("Would stage {} chunk(s):", tasks.len()));

@@ -81,3 +81,18 @@ pub async fn refresh_caggs(
     ));
     Ok(())
 }
+
+/// `status`: the queue at a glance.
+pub async fn status(target: &ConnInfo, errors: i64, json: bool) -> Result<()> {
+    let tgt = target.connect().await?;
+    queue::require(&tgt).await?;
+    let st = queue::status(&tgt, errors.max(0)).await?;
+    if json {
+        let text = serde_json::to_string_pretty(&st)
+            .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+        ui::line(&text);
+        return Ok(());
+    }
+    ui::print_status(&st);
+    Ok(())
+}

@@ -418,3 +418,74 @@ pub async fn failed_tasks(db: &Db) -> Result<Vec<(QualifiedName, String)>> {
         })
         .collect())
 }
+
+/// One hypertable's line in `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HypertableStatus {
+    pub hypertable: QualifiedName,
+    pub continuous_aggregate: Option<String>,
+    pub pending: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    pub verified: i64,
+    pub mismatched: i64,
+    pub rows_copied: i64,
+    pub bytes_copied: i64,
+    pub estimated_bytes_left: i64,
+}
+
+/// A task that failed, mismatched, or is being retried.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub chunk: QualifiedName,
+    pub state: String,
+    pub message: String,
+}
+
+/// The queue at a glance.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub hypertables: Vec<HypertableStatus>,
+    pub problems: Vec<Problem>,
+    /// hyperfill connections in a transaction on the target now.
+    pub active_sessions: i64,
+}
+
+pub async fn status(db: &Db, problems: i64) -> Result<Status> {
+    let what = "reading the queue's status";
+    let hypertables = db
+        .query(sql::STATUS_BY_HYPERTABLE, &[], what)
+        .await?
+        .iter()
+        .map(|r| HypertableStatus {
+            hypertable: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            continuous_aggregate: r.get(2),
+            pending: r.get(3),
+            done: r.get(4),
+            failed: r.get(5),
+            skipped: r.get(6),
+            verified: r.get(7),
+            mismatched: r.get(8),
+            rows_copied: r.get(9),
+            bytes_copied: r.get(10),
+            estimated_bytes_left: r.get(11),
+        })
+        .collect();
+    let problems = db
+        .query(sql::RECENT_PROBLEMS, &[&problems], what)
+        .await?
+        .iter()
+        .map(|r| Problem {
+            chunk: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            state: r.get(2),
+            message: r.get(3),
+        })
+        .collect();
+    let active_sessions = db.query_one(sql::ACTIVE_SESSIONS, &[], what).await?.get(0);
+    Ok(Status {
+        hypertables,
+        problems,
+        active_sessions,
+    })
+}

@@ -183,3 +183,40 @@ GROUP BY state, verify_state";
 pub const FAILED_TASKS: &str = "\
 SELECT chunk_schema, chunk_name, coalesce(last_error, '')
 FROM __hyperfill.task WHERE state = 'failed' ORDER BY id";
+
+/// Per hypertable: schema, table, cagg view (or NULL), tasks per state,
+/// verification outcomes, rows and bytes copied, estimated bytes left.
+// language=PostgreSQL
+pub const STATUS_BY_HYPERTABLE: &str = "\
+SELECT hypertable_schema, hypertable_name,
+       max(CASE WHEN cagg_name IS NOT NULL THEN format('%I.%I', cagg_schema, cagg_name) END),
+       count(*) FILTER (WHERE state = 'pending'),
+       count(*) FILTER (WHERE state = 'done'),
+       count(*) FILTER (WHERE state = 'failed'),
+       count(*) FILTER (WHERE state = 'skipped'),
+       count(*) FILTER (WHERE verify_state = 'match'),
+       count(*) FILTER (WHERE verify_state = 'mismatch'),
+       coalesce(sum(rows_copied), 0)::bigint,
+       coalesce(sum(bytes_copied), 0)::bigint,
+       coalesce(sum(estimated_bytes) FILTER (WHERE state IN ('pending', 'failed')), 0)::bigint
+FROM __hyperfill.task
+GROUP BY hypertable_schema, hypertable_name
+ORDER BY hypertable_schema, hypertable_name";
+
+/// The latest problems: chunk schema, chunk name, state or verify state, text.
+// language=PostgreSQL
+pub const RECENT_PROBLEMS: &str = "\
+SELECT chunk_schema, chunk_name,
+       CASE WHEN verify_state = 'mismatch' THEN 'mismatch' ELSE state END,
+       coalesce(CASE WHEN verify_state = 'mismatch' THEN verify_message END, last_error, '')
+FROM __hyperfill.task
+WHERE state = 'failed' OR verify_state = 'mismatch' OR (state = 'pending' AND last_error IS NOT NULL)
+ORDER BY coalesce(verified_at, finished_at) DESC NULLS LAST
+LIMIT $1";
+
+/// hyperfill sessions now in a transaction on this database (workers at work).
+// language=PostgreSQL
+pub const ACTIVE_SESSIONS: &str = "\
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = 'hyperfill'
+  AND pid <> pg_backend_pid() AND xact_start IS NOT NULL";
