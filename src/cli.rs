@@ -18,6 +18,19 @@ pub struct Cli {
     #[arg(long, global = true, hide = true)]
     pub disable_telemetry: bool,
 
+    /// Result format: human lines, or one JSON document on stdout (progress
+    /// and messages then go to stderr)
+    #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+
+    /// No progress bars, even on a terminal (one line per chunk instead)
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+
+    /// Log format on stderr (RUST_LOG sets the level; default warn)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,6 +47,12 @@ pub enum Command {
     RefreshCaggs(RefreshCaggsArgs),
     /// Show the queue: tasks per hypertable and state, rows and bytes, problems
     Status(StatusArgs),
+    /// Preflight: check source and target before a backfill; changes nothing
+    Check(CheckArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) for hyperfill
+    Man,
     /// Drop hyperfill's queue schema from the target
     Clean(CleanArgs),
 }
@@ -42,6 +61,13 @@ pub enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     Human,
+    Json,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
     Json,
 }
 
@@ -54,10 +80,24 @@ pub struct StatusArgs {
     /// How many recent problems (failed, mismatched, retried tasks) to list
     #[arg(long, default_value_t = 10)]
     pub errors: i64,
+}
 
-    /// human (default) or json
-    #[arg(long, value_enum, default_value_t = Output::Human)]
-    pub output: Output,
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+
+    /// Check only the hypertables and continuous aggregates matching this
+    /// regex (as `stage --filter`)
+    #[arg(short = 'f', long)]
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +181,43 @@ pub struct CopyArgs {
     /// Run ANALYZE on each target chunk after it is copied
     #[arg(long)]
     pub analyze: bool,
+
+    /// Cap on the data read from the source, all workers together, in bytes
+    /// per second (suffixes k, M, G, KiB, MiB, GiB: `--max-rate 20MB`)
+    #[arg(long, value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
+}
+
+/// `20MB`, `512k`, `1GiB`, `1000000` → bytes per second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        format!("'{s}' is not a rate; use bytes per second like 20MB, 512k or 1GiB")
+    })?;
+    let unit = unit.trim().trim_end_matches("/s");
+    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "'{s}': unknown unit '{unit}'; use k, M, G, KiB, MiB or GiB"
+            ))
+        }
+    };
+    let v = (n * mult).round();
+    if !(1.0..=1e15).contains(&v) {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(v as u64)
 }
 
 #[derive(Debug, Args)]
@@ -162,4 +239,27 @@ pub struct CleanArgs {
     /// Target connection string (libpq URL or key=value)
     #[arg(long, env = "HYPERFILL_TARGET", hide_env_values = true)]
     pub target: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("1000"), Ok(1000));
+        assert_eq!(parse_rate("20MB"), Ok(20_000_000));
+        assert_eq!(parse_rate("1.5M/s"), Ok(1_500_000));
+        assert_eq!(parse_rate("512k"), Ok(512_000));
+        assert_eq!(parse_rate("1GiB"), Ok(1 << 30));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10 parsecs").is_err());
+        assert!(parse_rate("0").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -74,6 +74,14 @@ pub enum Error {
     #[error("interrupted; the queue is consistent: run the same command again to carry on")]
     Interrupted,
 
+    /// `check` found problems that must be fixed before a backfill.
+    #[error("the preflight check found {problems} problem(s) to fix before staging (see above)")]
+    CheckFailed {
+        problems: usize,
+        /// The full report, for `--output json`.
+        report: serde_json::Value,
+    },
+
     #[error("{0}")]
     Internal(String),
 }
@@ -90,7 +98,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::InvalidArgument(_) => exit::BAD_ARGUMENTS,
-            Error::Incompatible(_) => exit::INCOMPATIBLE,
+            Error::Incompatible(_) | Error::CheckFailed { .. } => exit::INCOMPATIBLE,
             Error::Connect { side, .. }
             | Error::Db { side, .. }
             | Error::Precondition { side, .. } => match side {

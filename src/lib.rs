@@ -3,14 +3,15 @@
 //!
 //! Layout (see ARCHITECTURE.md for the invariants):
 //! `cli` clap types · `error` errors and exit codes · `db` connections ·
-//! `ident` quoting · `caggs` continuous aggregates · `catalog` read-only TimescaleDB introspection ·
-//! `plan` pure staging decisions · `queue` the work queue in the target ·
-//! `copy` the per-chunk copy engine · `verify` the per-chunk comparison ·
-//! `worker` the worker pool · `commands` one module per subcommand ·
-//! `ui` what the user reads.
+//! `ident` quoting · `caggs` continuous aggregates · `catalog` read-only
+//! TimescaleDB introspection · `check` the preflight · `plan` pure staging
+//! decisions · `queue` the work queue in the target · `copy` the per-chunk
+//! copy engine · `verify` the per-chunk comparison · `worker` the worker
+//! pool · `commands` one module per subcommand · `ui` what the user reads.
 
 pub mod caggs;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod copy;
@@ -25,7 +26,7 @@ pub mod worker;
 
 use cli::{Cli, Command};
 use db::ConnInfo;
-use error::{Result, Side};
+use error::{Error, Result, Side};
 pub use worker::Shutdown;
 
 fn conns(c: &cli::ConnArgs) -> Result<(ConnInfo, ConnInfo)> {
@@ -35,9 +36,14 @@ fn conns(c: &cli::ConnArgs) -> Result<(ConnInfo, ConnInfo)> {
     ))
 }
 
+fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| Error::Internal(e.to_string()))
+}
+
 /// Run one command. `shutdown` carries the two cancellation levels (first
-/// and second ctrl-c).
-pub async fn run(cli: Cli, shutdown: Shutdown) -> Result<()> {
+/// and second ctrl-c). Returns the command's result as JSON, which `main`
+/// prints with `--output json`.
+pub async fn run(cli: Cli, shutdown: Shutdown) -> Result<serde_json::Value> {
     match cli.command {
         Command::Stage(a) => {
             let (source, target) = conns(&a.conn)?;
@@ -57,53 +63,29 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> Result<()> {
             })
             .await?;
             if !dry_run && (report.staged > 0 || report.requeued > 0 || report.already_staged > 0) {
-                if report.already_staged > 0 {
-                    ui::line(&format!(
-                        "Skipping {} chunk(s) that were already staged with the same or a wider range.",
-                        report.already_staged
-                    ));
-                }
-                ui::line(&format!(
-                    "Staged {} chunk(s) to copy{} from {} hypertable(s), ~{} on the source{}.",
-                    report.staged,
-                    if report.requeued > 0 {
-                        format!(" and re-queued {} with a wider range", report.requeued)
-                    } else {
-                        String::new()
-                    },
-                    report.hypertables,
-                    ui::bytes(report.estimated_bytes.max(0) as u64),
-                    if report.chunks_created > 0 {
-                        format!(
-                            "; created {} missing target chunk(s)",
-                            report.chunks_created
-                        )
-                    } else {
-                        String::new()
-                    }
-                ));
-                ui::line("Execute the 'copy' command to migrate the data.");
+                commands::stage::print_summary(&report);
             }
-            Ok(())
+            to_json(&report)
         }
         Command::Copy(a) => {
             let (source, target) = conns(&a.conn)?;
-            commands::copy::run(
+            let report = commands::copy::run(
                 commands::copy::CopyConfig {
                     source,
                     target,
                     parallelism: a.parallelism as usize,
                     max_attempts: a.max_attempts,
                     analyze: a.analyze,
+                    max_rate: a.max_rate,
                 },
                 shutdown,
             )
-            .await
-            .map(|_| ())
+            .await?;
+            to_json(&report)
         }
         Command::Verify(a) => {
             let (source, target) = conns(&a.conn)?;
-            commands::verify::run(
+            let report = commands::verify::run(
                 commands::verify::VerifyConfig {
                     source,
                     target,
@@ -112,27 +94,44 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> Result<()> {
                 },
                 shutdown,
             )
-            .await
-            .map(|_| ())
+            .await?;
+            to_json(&report)
         }
         Command::RefreshCaggs(a) => {
             let (source, target) = conns(&a.conn)?;
-            commands::refresh_caggs(
+            let refreshed = commands::refresh_caggs(
                 &source,
                 &target,
                 a.filter.as_deref(),
                 a.cascade_up,
                 a.cascade_down,
             )
-            .await
+            .await?;
+            Ok(serde_json::json!({ "refreshed": refreshed }))
         }
         Command::Status(a) => {
             let target = ConnInfo::parse(Side::Target, &a.target)?;
-            commands::status(&target, a.errors, a.output == cli::Output::Json).await
+            let status = commands::status(&target, a.errors).await?;
+            to_json(&status)
+        }
+        Command::Check(a) => {
+            let (source, target) = conns(&a.conn)?;
+            let report = check::run(&source, &target, a.filter.as_deref()).await?;
+            check::print(&report);
+            let value = to_json(&report)?;
+            if report.blocking() > 0 {
+                return Err(Error::CheckFailed {
+                    problems: report.blocking(),
+                    report: value,
+                });
+            }
+            Ok(value)
         }
         Command::Clean(a) => {
             let target = ConnInfo::parse(Side::Target, &a.target)?;
-            commands::clean(&target).await
+            let existed = commands::clean(&target).await?;
+            Ok(serde_json::json!({ "removed": existed }))
         }
+        Command::Completions(_) | Command::Man => Ok(serde_json::Value::Null),
     }
 }

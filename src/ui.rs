@@ -2,17 +2,130 @@
 //! Logs go to stderr through tracing; this module is the only place that
 //! prints results.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::catalog::TimeType;
 use crate::plan::NewTask;
 
-/// Print one line to stdout (ignores a closed pipe).
+/// How results are shown, set once by `main` from the command line. (A
+/// process-wide setting on purpose: it describes the terminal, which is
+/// process-wide too.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode {
+    /// One JSON document on stdout; human lines go to stderr.
+    pub json: bool,
+    /// Progress bars when stderr is a terminal.
+    pub progress: bool,
+}
+
+static MODE: OnceLock<Mode> = OnceLock::new();
+
+pub fn init(mode: Mode) {
+    let _ = MODE.set(mode);
+}
+
+fn mode() -> Mode {
+    MODE.get().copied().unwrap_or(Mode {
+        json: false,
+        progress: false,
+    })
+}
+
+pub fn json_mode() -> bool {
+    mode().json
+}
+
+/// Print one human line: stdout, or stderr when stdout carries JSON.
+/// Ignores a closed pipe.
 pub fn line(s: &str) {
+    if mode().json {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{s}");
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{s}");
     let _ = out.flush();
+}
+
+/// Print the JSON result document on stdout.
+pub fn json(v: &serde_json::Value) {
+    let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+/// Progress of `copy` and `verify`: two bars (chunks; source bytes with
+/// throughput and ETA) on a terminal, with each finished chunk's line printed
+/// above them; without a terminal, or with `--no-progress`, just the lines.
+pub struct Progress {
+    bars: Option<(MultiProgress, ProgressBar, Option<ProgressBar>)>,
+}
+
+impl Progress {
+    /// `estimated_bytes`: the source size of all chunks, for a second bar
+    /// with throughput and ETA (`None`: chunks only).
+    pub fn new(verb: &str, chunks: u64, estimated_bytes: Option<u64>) -> Self {
+        if !mode().progress || !std::io::stderr().is_terminal() {
+            return Progress { bars: None };
+        }
+        let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+        let style = |template: &str| {
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ")
+        };
+        let chunk_bar = mp.add(ProgressBar::new(chunks));
+        chunk_bar.set_style(style(
+            "{prefix:>9} [{bar:40.cyan/blue}] {pos}/{len} chunks  {elapsed_precise}",
+        ));
+        chunk_bar.set_prefix(verb.to_string());
+        let byte_bar = estimated_bytes.map(|total| {
+            let bar = mp.add(ProgressBar::new(total.max(1)));
+            bar.set_style(style(
+                "{prefix:>9} [{bar:40.green/white}] {bytes}/{total_bytes}  {bytes_per_sec}  ETA {eta}",
+            ));
+            bar.set_prefix("on source");
+            bar
+        });
+        Progress {
+            bars: Some((mp, chunk_bar, byte_bar)),
+        }
+    }
+
+    /// A line above the bars (or a plain line).
+    pub fn line(&self, s: &str) {
+        match &self.bars {
+            Some((mp, ..)) => mp.suspend(|| line(s)),
+            None => line(s),
+        }
+    }
+
+    /// One more chunk finished, which was `estimated_bytes` on the source.
+    pub fn advance(&self, estimated_bytes: u64) {
+        if let Some((_, chunks, bytes)) = &self.bars {
+            chunks.inc(1);
+            if let Some(b) = bytes {
+                b.inc(estimated_bytes);
+            }
+        }
+    }
+
+    /// Remove the bars before the summary.
+    pub fn finish(&self) {
+        if let Some((mp, chunks, bytes)) = &self.bars {
+            chunks.finish_and_clear();
+            if let Some(b) = bytes {
+                b.finish_and_clear();
+            }
+            let _ = mp.clear();
+        }
+    }
 }
 
 /// `12.3 MB`, in powers of 1000 as most tools print throughput.

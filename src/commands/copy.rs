@@ -22,6 +22,7 @@ pub struct CopyConfig {
     pub parallelism: usize,
     pub max_attempts: u32,
     pub analyze: bool,
+    pub max_rate: Option<u64>,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -41,16 +42,27 @@ pub enum Event {
         rows: u64,
         bytes: u64,
         elapsed: std::time::Duration,
+        estimated: u64,
     },
     Skipped {
         chunk: QualifiedName,
+        estimated: u64,
     },
     Failed {
         chunk: QualifiedName,
         error: String,
         final_attempt: bool,
         attempt: u32,
+        estimated: u64,
     },
+}
+
+/// What this process knows of a task it tried.
+#[derive(Clone)]
+struct Tried {
+    chunk: QualifiedName,
+    estimated: u64,
+    attempts: u32,
 }
 
 struct CopyJob {
@@ -58,8 +70,8 @@ struct CopyJob {
     run_started: SystemTime,
     max_attempts: u32,
     analyze: bool,
-    /// Chunk and attempts of every task this process tried, for failure records.
-    tried: Mutex<HashMap<i64, (QualifiedName, u32)>>,
+    /// Every task this process tried, for failure records.
+    tried: Mutex<HashMap<i64, Tried>>,
 }
 
 /// Begin the source transaction of a task: read-only, one snapshot, the
@@ -96,7 +108,12 @@ impl CopyJob {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(task.id)
-            .or_insert_with(|| (task.chunk.clone(), 0));
+            .or_insert_with(|| Tried {
+                chunk: task.chunk.clone(),
+                estimated: task.estimated_bytes.max(0) as u64,
+                attempts: 0,
+            });
+        let estimated = task.estimated_bytes.max(0) as u64;
         let fail = |error: Error| StepError {
             task: Some(task.id),
             error,
@@ -152,6 +169,7 @@ impl CopyJob {
                     rows,
                     bytes,
                     elapsed,
+                    estimated,
                 }
             }
             Outcome::SourceGone => {
@@ -168,6 +186,7 @@ impl CopyJob {
                     .map_err(fail)?;
                 Event::Skipped {
                     chunk: task.chunk.clone(),
+                    estimated,
                 }
             }
         };
@@ -175,12 +194,18 @@ impl CopyJob {
     }
 
     async fn failed_inner(&self, c: &Conns, task: i64, error: &Error) -> Result<Event> {
-        let (chunk, attempt) = {
+        let Tried {
+            chunk,
+            estimated,
+            attempts: attempt,
+        } = {
             let mut tried = self.tried.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = tried
-                .entry(task)
-                .or_insert_with(|| (QualifiedName::new("?", "?"), 0));
-            entry.1 += 1;
+            let entry = tried.entry(task).or_insert_with(|| Tried {
+                chunk: QualifiedName::new("?", "?"),
+                estimated: 0,
+                attempts: 0,
+            });
+            entry.attempts += 1;
             entry.clone()
         };
         // A chunk dropped on the source while we copied it is not a failure.
@@ -192,7 +217,7 @@ impl CopyJob {
                 "the source chunk no longer exists",
             )
             .await?;
-            return Ok(Event::Skipped { chunk });
+            return Ok(Event::Skipped { chunk, estimated });
         }
         let give_up = !worker::retryable(error) || attempt >= self.max_attempts;
         let text = format!("{error}");
@@ -207,6 +232,7 @@ impl CopyJob {
             error: text,
             final_attempt: give_up,
             attempt,
+            estimated,
         })
     }
 }
@@ -236,6 +262,9 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         source: catalog::extension(&src).await?,
         target: catalog::extension(&tgt).await?,
         replica_role: crate::copy::invalidation::can_use_replica_role(&tgt).await,
+        rate: cfg
+            .max_rate
+            .map(|r| Arc::new(crate::copy::RateLimiter::new(r))),
     };
     catalog::ensure_compatible(&ctx.source, &ctx.target)?;
     let before = queue::counts(&tgt).await?;
@@ -278,6 +307,11 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let pool = tokio::spawn(worker::run(pool_cfg, job, shutdown.clone(), tx));
 
     let mut report = CopyReport::default();
+    let progress = ui::Progress::new(
+        "copying",
+        todo,
+        Some(before.estimated_bytes_pending.max(0) as u64),
+    );
     let mut n = 0u64;
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -286,12 +320,14 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                 rows,
                 bytes,
                 elapsed,
+                estimated,
             } => {
                 n += 1;
                 report.copied += 1;
                 report.rows += rows;
                 report.bytes += bytes;
-                ui::line(&format!(
+                progress.advance(estimated);
+                progress.line(&format!(
                     "[{n}/{todo}] Copied chunk {chunk}: {} rows, {} in {}{}",
                     ui::count(rows),
                     ui::bytes(bytes),
@@ -299,10 +335,11 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                     ui::rate(bytes, elapsed)
                 ));
             }
-            Event::Skipped { chunk } => {
+            Event::Skipped { chunk, estimated } => {
                 n += 1;
                 report.skipped += 1;
-                ui::line(&format!(
+                progress.advance(estimated);
+                progress.line(&format!(
                     "[{n}/{todo}] Skipped chunk {chunk}: it no longer exists on the source"
                 ));
             }
@@ -311,21 +348,24 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                 error,
                 final_attempt,
                 attempt,
+                estimated,
             } => {
                 if final_attempt {
                     n += 1;
                     report.failed += 1;
-                    ui::line(&format!(
+                    progress.advance(estimated);
+                    progress.line(&format!(
                         "[{n}/{todo}] FAILED chunk {chunk} (attempt {attempt}): {error}"
                     ));
                 } else {
-                    ui::line(&format!(
+                    progress.line(&format!(
                         "Retrying chunk {chunk} after attempt {attempt} failed: {error}"
                     ));
                 }
             }
         }
     }
+    progress.finish();
     let pool_result = pool
         .await
         .unwrap_or_else(|e| Err(Error::Internal(format!("the worker pool crashed: {e}"))));

@@ -11,14 +11,16 @@ use crate::queue;
 use crate::ui;
 
 /// `clean`: drop the queue schema; succeeds when it is already gone.
-pub async fn clean(target: &ConnInfo) -> Result<()> {
+/// Returns whether there was a queue.
+pub async fn clean(target: &ConnInfo) -> Result<bool> {
     let tgt = target.connect().await?;
-    if queue::drop(&tgt).await? {
+    let existed = queue::drop(&tgt).await?;
+    if existed {
         ui::line("Removed hyperfill's queue (schema __hyperfill) from the target database.");
     } else {
         ui::line("Nothing to clean: the target database has no hyperfill queue.");
     }
-    Ok(())
+    Ok(existed)
 }
 
 /// `refresh-caggs`: refresh each target continuous aggregate from its
@@ -29,7 +31,7 @@ pub async fn refresh_caggs(
     filter: Option<&str>,
     up: bool,
     down: bool,
-) -> Result<()> {
+) -> Result<Vec<crate::caggs::Refresh>> {
     use crate::{caggs, catalog};
     let src = source.connect().await?;
     let tgt = target.connect().await?;
@@ -42,7 +44,7 @@ pub async fn refresh_caggs(
     let source_wm = caggs::source_watermarks(&src, filter, up, down).await?;
     if source_wm.is_empty() {
         ui::line("No continuous aggregates to refresh.");
-        return Ok(());
+        return Ok(Vec::new());
     }
     let (plan, missing) = caggs::plan(&source_wm, &caggs::target_caggs(&tgt).await?)?;
     if !missing.is_empty() {
@@ -59,7 +61,7 @@ pub async fn refresh_caggs(
             "All {} continuous aggregate(s) are already materialized as far as on the source.",
             source_wm.len()
         ));
-        return Ok(());
+        return Ok(plan);
     }
     for r in &plan {
         let start = r
@@ -79,20 +81,17 @@ pub async fn refresh_caggs(
         "Refreshed {} continuous aggregate(s).",
         plan.len()
     ));
-    Ok(())
+    Ok(plan)
 }
 
-/// `status`: the queue at a glance.
-pub async fn status(target: &ConnInfo, errors: i64, json: bool) -> Result<()> {
+/// `status`: the queue at a glance (the table only in human mode; with
+/// `--output json` the caller prints the returned value).
+pub async fn status(target: &ConnInfo, errors: i64) -> Result<queue::Status> {
     let tgt = target.connect().await?;
     queue::require(&tgt).await?;
     let st = queue::status(&tgt, errors.max(0)).await?;
-    if json {
-        let text = serde_json::to_string_pretty(&st)
-            .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
-        ui::line(&text);
-        return Ok(());
+    if !ui::json_mode() {
+        ui::print_status(&st);
     }
-    ui::print_status(&st);
-    Ok(())
+    Ok(st)
 }

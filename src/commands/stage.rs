@@ -33,6 +33,36 @@ pub struct StageReport {
     pub chunks_created: u64,
 }
 
+/// The human summary of a stage that changed or found something.
+pub fn print_summary(report: &StageReport) {
+    if report.already_staged > 0 {
+        ui::line(&format!(
+            "Skipping {} chunk(s) that were already staged with the same or a wider range.",
+            report.already_staged
+        ));
+    }
+    let requeued = if report.requeued > 0 {
+        format!(" and re-queued {} with a wider range", report.requeued)
+    } else {
+        String::new()
+    };
+    let created = if report.chunks_created > 0 {
+        format!(
+            "; created {} missing target chunk(s)",
+            report.chunks_created
+        )
+    } else {
+        String::new()
+    };
+    ui::line(&format!(
+        "Staged {} chunk(s) to copy{requeued} from {} hypertable(s), ~{} on the source{created}.",
+        report.staged,
+        report.hypertables,
+        ui::bytes(report.estimated_bytes.max(0) as u64),
+    ));
+    ui::line("Execute the 'copy' command to migrate the data.");
+}
+
 /// An exported snapshot id looks like `00000003-0000001B-1`.
 pub fn validate_snapshot(s: &str) -> Result<()> {
     let ok = !s.is_empty()

@@ -149,6 +149,7 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
         source: catalog::extension(&src).await?,
         target: catalog::extension(&tgt).await?,
         replica_role: crate::copy::invalidation::can_use_replica_role(&tgt).await,
+        rate: None,
     };
     if cfg.all {
         queue::reset_verify(&tgt).await?;
@@ -195,16 +196,18 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
         tx,
     ));
     let mut report = VerifyReport::default();
+    let progress = ui::Progress::new("verifying", todo, None);
     let mut n = 0;
     while let Some(ev) = rx.recv().await {
         let (chunk, outcome) = match ev {
             Event::Done { chunk, outcome } => (chunk, outcome),
             Event::Retrying { chunk, error } => {
-                ui::line(&format!("Retrying verification of chunk {chunk}: {error}"));
+                progress.line(&format!("Retrying verification of chunk {chunk}: {error}"));
                 continue;
             }
         };
         n += 1;
+        progress.advance(0);
         match outcome {
             Outcome::Match { rows } => {
                 report.matched += 1;
@@ -215,7 +218,7 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
             }
             Outcome::Mismatch(m) => {
                 report.mismatched += 1;
-                ui::line(&format!("[{n}/{todo}] MISMATCH in chunk {chunk}: {m}"));
+                progress.line(&format!("[{n}/{todo}] MISMATCH in chunk {chunk}: {m}"));
             }
             Outcome::SourceGone => {
                 report.skipped += 1;
@@ -228,6 +231,7 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     let pool_result = pool
         .await
         .unwrap_or_else(|e| Err(Error::Internal(format!("the worker pool crashed: {e}"))));
+    progress.finish();
     report.seconds = clock.elapsed().as_secs_f64();
     ui::line(&format!(
         "Verified {} chunk(s) in {}: {} match, {} mismatch, {} skipped.",

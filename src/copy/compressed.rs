@@ -152,6 +152,7 @@ pub async fn copy_whole(
         )));
     }
     let mut stats = copy_rows(
+        ctx,
         src,
         tgt,
         s_compressed,
@@ -164,7 +165,7 @@ pub async fn copy_whole(
 
     if s_state.partial {
         let cols = catalog::relation_columns(src, s_chunk).await?;
-        let more = copy_rows(src, tgt, s_chunk, hypertable, &cols, "ONLY ", None).await?;
+        let more = copy_rows(ctx, src, tgt, s_chunk, hypertable, &cols, "ONLY ", None).await?;
         stats.rows += more.rows;
         stats.bytes += more.bytes;
     }

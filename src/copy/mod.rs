@@ -7,7 +7,7 @@ pub mod invalidation;
 mod pipe;
 pub mod target_chunk;
 
-pub use pipe::{pipe, PipeStats};
+pub use pipe::{pipe, PipeStats, RateLimiter};
 
 use crate::catalog::{self, Column, Extension};
 use crate::db::Db;
@@ -22,6 +22,8 @@ pub struct Context {
     pub target: Extension,
     /// The target role may set `session_replication_role` (see [`invalidation`]).
     pub replica_role: bool,
+    /// `--max-rate`, shared by all workers.
+    pub rate: Option<std::sync::Arc<RateLimiter>>,
 }
 
 /// The result of one copy task.
@@ -74,6 +76,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             "ONLY "
         };
         let stats = copy_rows(
+            ctx,
             src,
             tgt,
             &task.chunk,
@@ -132,7 +135,17 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 compressed::decompress(tgt, ctx, &t_chunk).await?;
             }
             delete_range(tgt, &t_chunk, None).await?;
-            copy_rows(src, tgt, &task.chunk, &t_chunk, &src_cols, "ONLY ", None).await?
+            copy_rows(
+                ctx,
+                src,
+                tgt,
+                &task.chunk,
+                &t_chunk,
+                &src_cols,
+                "ONLY ",
+                None,
+            )
+            .await?
         }
         // A range inside the chunk: rows decompressed, and the target chunk
         // left as compressed as it was.
@@ -149,8 +162,17 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             } else {
                 "ONLY "
             };
-            let stats =
-                copy_rows(src, tgt, &task.chunk, &t_chunk, &src_cols, only, Some(f)).await?;
+            let stats = copy_rows(
+                ctx,
+                src,
+                tgt,
+                &task.chunk,
+                &t_chunk,
+                &src_cols,
+                only,
+                Some(f),
+            )
+            .await?;
             if was_compressed {
                 compressed::compress(tgt, ctx, &t_chunk).await?;
             }
@@ -218,7 +240,9 @@ async fn delete_range(tgt: &Db, chunk: &QualifiedName, filter: Option<&str>) -> 
 
 /// Stream the rows of `source` (matching `filter`) into `target`, columns
 /// matched by name. Binary format unless a column's type cannot travel in it.
+#[allow(clippy::too_many_arguments)]
 async fn copy_rows(
+    ctx: &Context,
     src: &Db,
     tgt: &Db,
     source: &QualifiedName,
@@ -246,5 +270,13 @@ async fn copy_rows(
         "COPY {} ({list}) FROM STDIN (FORMAT {format})",
         target.sql()
     );
-    pipe(src, tgt, &out, &inp, &format!("chunk {source}")).await
+    pipe(
+        src,
+        tgt,
+        &out,
+        &inp,
+        &format!("chunk {source}"),
+        ctx.rate.as_deref(),
+    )
+    .await
 }

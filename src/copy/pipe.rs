@@ -11,6 +11,36 @@ use crate::error::{Error, Result};
 /// CopyData messages to the target, and at most this much held per worker.
 const BUFFER: usize = 512 * 1024;
 
+/// A cap on bytes per second shared by every worker (`copy --max-rate`).
+/// Each buffer reserves the next slot of time its size takes at that rate;
+/// the worker waits for its slot before sending, and meanwhile does not read,
+/// so the source server is held back by its own socket buffers. No burst
+/// credit builds up while workers are idle.
+#[derive(Debug)]
+pub struct RateLimiter {
+    bytes_per_sec: f64,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl RateLimiter {
+    pub fn new(bytes_per_sec: u64) -> Self {
+        RateLimiter {
+            bytes_per_sec: bytes_per_sec.max(1) as f64,
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    pub async fn acquire(&self, bytes: usize) {
+        let start = {
+            let mut next = self.next.lock().await;
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + std::time::Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PipeStats {
     pub rows: u64,
@@ -26,6 +56,7 @@ pub async fn pipe(
     copy_out: &str,
     copy_in: &str,
     what: &str,
+    rate: Option<&RateLimiter>,
 ) -> Result<PipeStats> {
     let sink = tgt
         .client
@@ -48,12 +79,18 @@ pub async fn pipe(
         bytes += data.len() as u64;
         buf.extend_from_slice(&data);
         if buf.len() >= BUFFER {
+            if let Some(r) = rate {
+                r.acquire(buf.len()).await;
+            }
             sink.send(buf.split().freeze())
                 .await
                 .map_err(|e| Error::db(tgt.side, format!("writing COPY data into {what}"), e))?;
         }
     }
     if !buf.is_empty() {
+        if let Some(r) = rate {
+            r.acquire(buf.len()).await;
+        }
         sink.send(buf.freeze())
             .await
             .map_err(|e| Error::db(tgt.side, format!("writing COPY data into {what}"), e))?;

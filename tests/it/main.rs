@@ -7,5 +7,6 @@ mod caggs;
 mod compressed;
 mod copy;
 mod errors;
+mod ops;
 mod resume;
 mod stage;
