@@ -166,7 +166,20 @@ async fn worker<J: Job>(
     shutdown: &Shutdown,
     events: &mpsc::UnboundedSender<J::Event>,
 ) -> Result<()> {
-    let mut conns = Some(connect(cfg, shutdown).await?);
+    let first = match connect(cfg, shutdown).await {
+        Ok(c) => c,
+        // The server is full: run with the workers that did get in.
+        Err(Error::Connect { side, source, .. })
+            if id > 0
+                && source.code()
+                    == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS) =>
+        {
+            tracing::warn!(worker = id, %side, "the {side} server has no connection slot left; continuing with fewer workers");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let mut conns = Some(first);
     let mut consecutive_failures = 0u32;
     loop {
         if shutdown.graceful.is_cancelled() {

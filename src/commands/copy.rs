@@ -378,6 +378,16 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     };
     if let Some((c, _)) = &after {
         report.remaining = c.pending;
+        if c.pending > 0 && !shutdown.graceful.is_cancelled() {
+            // Nothing was left for this run to claim: the rest is locked by
+            // other copy processes, or by sessions the server has not yet
+            // seen close (a killed copy's, for a moment).
+            ui::line(&format!(
+                "{} chunk(s) are still being copied by another copy process (see `hyperfill status`); \
+                 run copy again if none is running.",
+                c.pending
+            ));
+        }
     }
     ui::line(&format!(
         "Copied {} from {} chunk(s) ({} rows) in {}{}; {} skipped, {} failed.",

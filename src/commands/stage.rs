@@ -120,6 +120,22 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     let hypertables = catalog::selected_hypertables(&src, &cfg.selection).await?;
     let chunks = catalog::source_chunks(&src, &cfg.selection).await?;
     src.batch("COMMIT", "ending a transaction").await?;
+    if hypertables.is_empty() {
+        return Err(match &cfg.selection.filter {
+            Some(f) => Error::InvalidArgument(format!(
+                "--filter '{f}' matches no hypertable or continuous aggregate on the source. \
+                 It is a case-insensitive regex on schema.table (schema.view for continuous \
+                 aggregates), quoted as format('%I.%I') quotes them, e.g. '^public\\.metrics$'. \
+                 Nothing was changed"
+            )),
+            None => Error::Precondition {
+                side: crate::error::Side::Source,
+                message:
+                    "this database has no hypertables: connect to the database that holds them"
+                        .into(),
+            },
+        });
+    }
 
     let windows = bounds::parse_windows(
         &src,

@@ -420,3 +420,53 @@ async fn copy_failing_task_is_recorded_others_carry_on_and_rerun_fixes_it() {
     db.verify(&[]).await.assert_ok();
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn copy_with_snapshot_reads_the_source_as_of_the_exported_snapshot() {
+    let Some(db) = Dbs::new("copy_snapshot").await else {
+        return;
+    };
+    db.both(METRICS).await.unwrap();
+    db.src.batch_execute(METRICS_DATA).await.unwrap();
+    // Export a snapshot and keep its transaction open, as a user would in psql.
+    let holder = crate::harness::connect(&db.source_url).await.unwrap();
+    holder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let snapshot: String = holder
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let as_of = db.src_i64("SELECT count(*) FROM metrics").await;
+    // Written after the snapshot: into existing chunks and into a new one.
+    db.src
+        .batch_execute(
+            "INSERT INTO metrics VALUES ('2024-01-02 00:00:01+00', 1, 1), ('2024-01-12 00:00+00', 2, 2)",
+        )
+        .await
+        .unwrap();
+    db.stage(&["--until", "2024-01-20", "--snapshot", &snapshot])
+        .await
+        .assert_ok()
+        .assert_contains("Staged 20 chunk(s)");
+    db.copy(&[]).await.assert_ok();
+    assert_eq!(
+        db.tgt_i64("SELECT count(*) FROM metrics").await,
+        as_of,
+        "rows after the snapshot were copied"
+    );
+    db.verify(&[]).await.assert_ok().assert_contains("20 match");
+    holder.batch_execute("COMMIT").await.unwrap();
+
+    // A snapshot that no longer exists is refused with the way out.
+    let r = db
+        .stage(&["--until", "2024-01-20", "--snapshot", &snapshot])
+        .await;
+    r.assert_code(2).assert_contains("must stay open");
+    db.stage(&["--until", "2024-01-20", "--snapshot", "x'; --"])
+        .await
+        .assert_code(2);
+    db.cleanup().await;
+}

@@ -268,3 +268,17 @@ async fn usage_errors_exit_2_without_a_backtrace() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn stage_with_a_filter_matching_nothing_is_an_error() {
+    let Some(db) = with_metrics("err_filter_none").await else {
+        return;
+    };
+    let r = db
+        .stage(&["--until", "2024-01-05", "--filter", "^public\\.metrcs$"])
+        .await;
+    r.assert_code(2)
+        .assert_contains("matches no hypertable or continuous aggregate");
+    assert_nothing_changed(&db).await;
+    db.cleanup().await;
+}
