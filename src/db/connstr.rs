@@ -322,7 +322,10 @@ fn percent_decode(s: &str, what: &str) -> Result<String, String> {
     while i < b.len() {
         if b[i] == b'%' {
             let hex = |c: u8| (c as char).to_digit(16);
-            match (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
+            match (
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            ) {
                 (Some(h), Some(l)) => {
                     let v = (h * 16 + l) as u8;
                     if v == 0 {
@@ -447,12 +450,10 @@ fn split_hosts(spec: &str) -> Result<Vec<(&str, Option<&str>)>, String> {
             let port = match after.strip_prefix(':') {
                 Some(p) => Some(p),
                 None if after.is_empty() => None,
-                None => {
-                    return Err(
-                        "unexpected text after an IPv6 host address in the URL (expected \":port\")"
-                            .into(),
-                    )
-                }
+                None => return Err(
+                    "unexpected text after an IPv6 host address in the URL (expected \":port\")"
+                        .into(),
+                ),
             };
             out.push((host, port));
         } else {
@@ -606,10 +607,20 @@ impl Settings {
                 }
             }
         }
-        for var in ENV_UNSUPPORTED {
-            if env.var(var).is_some() {
-                tracing::warn!("{var} is set, but hyperfill does not support it; it is ignored");
-            }
+        // Once per process, not once per side.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        let unsupported: Vec<&str> = ENV_UNSUPPORTED
+            .iter()
+            .copied()
+            .filter(|v| env.var(v).is_some())
+            .collect();
+        if !unsupported.is_empty() {
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "{} set, but hyperfill does not support it; ignored",
+                    unsupported.join(", ")
+                );
+            });
         }
         let get = |k: &str| map.get(k).map(String::as_str);
 
@@ -654,7 +665,9 @@ impl Settings {
             Some("require") => {
                 return Err("sslcertmode=require is not supported (use allow or disable)".into())
             }
-            Some(_) => return Err("invalid value for \"sslcertmode\" (use allow or disable)".into()),
+            Some(_) => {
+                return Err("invalid value for \"sslcertmode\" (use allow or disable)".into())
+            }
         };
         let tls_version = |k: &str| -> Result<Option<&str>, String> {
             match get(k) {
@@ -695,7 +708,9 @@ impl Settings {
             None | Some("disable") => false,
             Some("random") => true,
             Some(_) => {
-                return Err("invalid value for \"load_balance_hosts\" (use disable or random)".into())
+                return Err(
+                    "invalid value for \"load_balance_hosts\" (use disable or random)".into(),
+                )
             }
         };
         match get("gssencmode") {
@@ -1057,7 +1072,10 @@ mod tests {
         assert!(e.contains("missing \"=\""), "{e}");
         assert!(!e.contains("s3cret"), "{e}");
         let e = split("host=h sslpasword=x").unwrap_err();
-        assert!(e.contains("unknown connection option \"sslpasword\""), "{e}");
+        assert!(
+            e.contains("unknown connection option \"sslpasword\""),
+            "{e}"
+        );
         let e = split("service=prod").unwrap_err();
         assert!(e.contains("\"service\" is not supported"), "{e}");
     }
@@ -1097,7 +1115,12 @@ mod tests {
         // a '?' in an unencoded password: libpq looks for '@' before '/'
         assert_eq!(
             pairs("postgres://u:a?b@h/d"),
-            p(&[("user", "u"), ("password", "a?b"), ("host", "h"), ("dbname", "d")])
+            p(&[
+                ("user", "u"),
+                ("password", "a?b"),
+                ("host", "h"),
+                ("dbname", "d")
+            ])
         );
     }
 
@@ -1166,7 +1189,10 @@ mod tests {
 
     #[test]
     fn host_lists() {
-        let s = resolve("host=a,/sock,c port=1,2,3 hostaddr=10.0.0.1,10.0.0.2,::1", &[]);
+        let s = resolve(
+            "host=a,/sock,c port=1,2,3 hostaddr=10.0.0.1,10.0.0.2,::1",
+            &[],
+        );
         assert_eq!(s.hosts.len(), 3);
         assert!(s.hosts[1].is_socket());
         assert_eq!(s.hosts[2].hostaddr, Some("::1".parse().unwrap()));
@@ -1187,13 +1213,19 @@ mod tests {
         assert!(e.contains("verify-full"), "{e}");
         let e = resolve_err("sslmode=verify-everything", &[]);
         assert!(e.contains("invalid sslmode"), "{e}");
-        let s = resolve("sslsni=0 sslcertmode=disable ssl_min_protocol_version=TLSv1.3 sslpassword=x", &[]);
+        let s = resolve(
+            "sslsni=0 sslcertmode=disable ssl_min_protocol_version=TLSv1.3 sslpassword=x",
+            &[],
+        );
         assert!(!s.ssl.sni && s.ssl.no_client_cert && s.ssl.min_tls13);
         assert_eq!(format!("{:?}", s.ssl.password), "Some(<redacted>)");
         assert!(resolve_err("ssl_max_protocol_version=TLSv1.1", &[]).contains("not supported"));
         assert!(resolve_err("gssencmode=require", &[]).contains("not supported"));
         assert!(resolve_err("client_encoding=LATIN1", &[]).contains("UTF8"));
-        resolve("client_encoding=UTF8 gssencmode=disable sslcompression=1 application_name=x", &[]);
+        resolve(
+            "client_encoding=UTF8 gssencmode=disable sslcompression=1 application_name=x",
+            &[],
+        );
     }
 
     #[test]
@@ -1230,16 +1262,33 @@ mod tests {
 
     #[test]
     fn pgpass_matching() {
-        let l = |h, p, d, u| pgpass_lookup(PGPASS, h, p, d, u).map(|(n, s)| (n, s.expose().to_string()));
-        assert_eq!(l("db.example.com", "5432", "prod", "alice"), Some((2, "pw1".into())));
-        assert_eq!(l("other", "5433", "x", "bob"), Some((3, "pw:with\\escapes".into())));
+        let l = |h, p, d, u| {
+            pgpass_lookup(PGPASS, h, p, d, u).map(|(n, s)| (n, s.expose().to_string()))
+        };
+        assert_eq!(
+            l("db.example.com", "5432", "prod", "alice"),
+            Some((2, "pw1".into()))
+        );
+        assert_eq!(
+            l("other", "5433", "x", "bob"),
+            Some((3, "pw:with\\escapes".into()))
+        );
         assert_eq!(l("we:ird", "1", "d", "u"), Some((4, "pw3".into())));
         assert_eq!(l("localhost", "1", "d", "carol"), Some((5, "pw4".into())));
-        assert_eq!(l("db.example.com", "5432", "prod", "dave"), Some((6, "fallback".into())));
-        assert_eq!(l("db.example.com", "5432", "prod2", "alice"), Some((6, "fallback".into())));
+        assert_eq!(
+            l("db.example.com", "5432", "prod", "dave"),
+            Some((6, "fallback".into()))
+        );
+        assert_eq!(
+            l("db.example.com", "5432", "prod2", "alice"),
+            Some((6, "fallback".into()))
+        );
         assert_eq!(pgpass_lookup("h:1:d:u:pw\n", "h", "1", "d", "v"), None);
         assert_eq!(pgpass_lookup("h:1:d:u\n", "h", "1", "d", "u"), None);
-        assert_eq!(pgpass_lookup("h:1:d:u:\n", "h", "1", "d", "u").map(|x| x.1), Some(Secret::new("")));
+        assert_eq!(
+            pgpass_lookup("h:1:d:u:\n", "h", "1", "d", "u").map(|x| x.1),
+            Some(Secret::new(""))
+        );
         // a prefix is not a match
         assert_eq!(pgpass_lookup("hh:1:d:u:pw\n", "h", "1", "d", "u"), None);
         assert_eq!(pgpass_lookup("h:1:d:u:pw\n", "hh", "1", "d", "u"), None);

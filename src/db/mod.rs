@@ -1,13 +1,25 @@
 //! Connections: parsing connection strings, connecting, session settings,
 //! and a thin wrapper that attaches the side and the operation to every error.
+//!
+//! Connection strings, the environment and the password file behave as in
+//! libpq (`connstr`); TLS, with libpq's sslmode semantics, is rustls
+//! (`tls`). A password never appears in a message, a log line or `Debug`.
 
+mod connstr;
+mod tls;
+
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls, Row};
+use tokio_postgres::{Client, Config, Connection, Row, Socket};
 
 use crate::error::{Error, Result, Side};
+use connstr::{HostSpec, ProcessEnv, Secret, Settings, SslMode};
+use tls::{Tls, TlsError, TlsStream};
 
 /// Session settings for every connection that moves or compares data: text
 /// forms that read back identically on the other side, whatever each server's
@@ -25,77 +37,119 @@ const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; \
 // language=PostgreSQL
 const SOURCE_SETUP: &str = "SET default_transaction_read_only = on";
 
+/// A password for one host, and where it came from (for the hint after an
+/// authentication failure).
+#[derive(Clone, Debug)]
+struct Password {
+    secret: Secret,
+    /// The password file and line, when it came from there.
+    file: Option<(PathBuf, usize)>,
+}
+
+type Conn = (Client, Connection<Socket, TlsStream<Socket>>);
+
 /// A parsed connection string, with the side it belongs to.
 #[derive(Clone)]
 pub struct ConnInfo {
     pub side: Side,
+    /// Everything but the host, port, password and sslmode, which are set
+    /// per host at connect time.
     config: Config,
+    hosts: Vec<HostSpec>,
+    /// One per host (the password file may differ per host).
+    passwords: Vec<Option<Password>>,
+    user: String,
+    dbname: String,
+    sslmode: SslMode,
+    tls: Tls,
+    load_balance: bool,
+    /// The password file, for the hint when a password is missing.
+    passfile: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ConnInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the password.
-        write!(f, "ConnInfo({} {})", self.side, self.describe())
+        write!(
+            f,
+            "ConnInfo({} {} sslmode={})",
+            self.side,
+            self.describe(),
+            self.sslmode.as_str()
+        )
     }
 }
 
 impl ConnInfo {
-    /// Parse a libpq URL or key=value string. The error never repeats the
-    /// string itself, which may hold a password.
+    /// Parse a libpq URL or key=value string; what it leaves out comes from
+    /// the PG* environment variables and the password file, as in libpq.
+    /// Certificate files are read here, so a bad one is reported before
+    /// anything connects. The error never repeats the string itself, which
+    /// may hold a password.
     pub fn parse(side: Side, conn: &str) -> Result<Self> {
-        let mut config = Config::from_str(conn).map_err(|e| {
+        Self::parse_with(side, conn, &ProcessEnv)
+    }
+
+    fn parse_with(side: Side, conn: &str, env: &dyn connstr::Environment) -> Result<Self> {
+        let invalid = |e: String| {
             Error::InvalidArgument(format!(
                 "--{side} is not a valid connection string: {e}. \
-                 Use a URL (postgres://user@host:5432/db) or key=value pairs (host=... dbname=...)"
+                 Use a URL (postgres://user@host:5432/db?sslmode=verify-full) or key=value pairs (host=... dbname=...)"
             ))
-        })?;
-        if config.get_hosts().is_empty() {
-            config.host("localhost");
-        }
-        if config.get_connect_timeout().is_none() {
+        };
+        let settings = connstr::split(conn)
+            .and_then(|pairs| Settings::resolve(pairs, env))
+            .map_err(invalid)?;
+        let mut config = Config::from_str(&settings.postgres_string())
+            .map_err(|e| invalid(crate::error::pg_text(&e)))?;
+        if !settings.has("connect_timeout") {
             config.connect_timeout(Duration::from_secs(15));
         }
-        if config.get_user().is_none() {
-            if let Ok(user) = std::env::var("PGUSER").or_else(|_| std::env::var("USER")) {
-                config.user(&user);
-            }
+        if !settings.has("keepalives") {
+            config.keepalives(true);
         }
-        if config.get_password().is_none() {
-            if let Ok(pw) = std::env::var("PGPASSWORD") {
-                config.password(pw);
-            }
+        if !settings.has("keepalives_idle") {
+            config.keepalives_idle(Duration::from_secs(30));
         }
+        // `status` finds hyperfill's sessions by this name.
         config.application_name("hyperfill");
-        config.keepalives(true);
-        config.keepalives_idle(Duration::from_secs(30));
-        Ok(Self { side, config })
+
+        let home = env.home();
+        // No TLS over unix-domain sockets (as libpq): then the certificate
+        // files are not needed either.
+        let tls = if settings.hosts.iter().all(HostSpec::is_socket) {
+            Tls::none()
+        } else {
+            Tls::new(side, &settings.ssl, home.as_deref()).map_err(Error::InvalidArgument)?
+        };
+        let passwords = passwords(&settings);
+        Ok(Self {
+            side,
+            config,
+            passwords,
+            passfile: settings.passfile.clone(),
+            user: settings.user,
+            dbname: settings.dbname,
+            sslmode: settings.ssl.mode,
+            tls,
+            load_balance: settings.load_balance,
+            hosts: settings.hosts,
+        })
     }
 
     /// `user@host:port/dbname`, for messages. Never includes the password.
     pub fn describe(&self) -> String {
-        let host = match self.config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            #[cfg(unix)]
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
-        };
-        let port = self.config.get_ports().first().copied().unwrap_or(5432);
-        let user = self.config.get_user().unwrap_or("?");
-        let db = self.config.get_dbname().unwrap_or(user);
-        format!("{user}@{host}:{port}/{db}")
+        let hosts: Vec<String> = self.hosts.iter().map(host_port).collect();
+        format!("{}@{}/{}", self.user, hosts.join(","), self.dbname)
+    }
+
+    fn describe_host(&self, h: &HostSpec) -> String {
+        format!("{}@{}/{}", self.user, host_port(h), self.dbname)
     }
 
     /// Open a connection and apply the session settings.
     pub async fn connect(&self) -> Result<Db> {
-        let (client, connection) =
-            self.config
-                .connect(NoTls)
-                .await
-                .map_err(|source| Error::Connect {
-                    side: self.side,
-                    addr: self.describe(),
-                    source,
-                })?;
+        let (client, connection) = self.open().await?;
         let side = self.side;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -113,15 +167,7 @@ impl ConnInfo {
     /// Connect with server defaults only (no session settings): used to parse
     /// user-given bounds the way psql would on that server.
     pub async fn connect_raw(&self) -> Result<Db> {
-        let (client, connection) =
-            self.config
-                .connect(NoTls)
-                .await
-                .map_err(|source| Error::Connect {
-                    side: self.side,
-                    addr: self.describe(),
-                    source,
-                })?;
+        let (client, connection) = self.open().await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -129,6 +175,211 @@ impl ConnInfo {
             client,
             side: self.side,
         })
+    }
+
+    /// Try the hosts in order (or shuffled with load_balance_hosts=random),
+    /// as libpq: the first that accepts wins; the last error is returned.
+    async fn open(&self) -> Result<Conn> {
+        let mut order: Vec<usize> = (0..self.hosts.len()).collect();
+        if self.load_balance {
+            shuffle(&mut order);
+        }
+        let mut last = None;
+        for (n, &i) in order.iter().enumerate() {
+            match self.open_host(i).await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    if n + 1 < order.len() {
+                        tracing::warn!(side = %self.side, error = %e, "trying the next host");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Error::InvalidArgument(format!("--{}: no host to connect to", self.side))
+        }))
+    }
+
+    async fn open_host(&self, i: usize) -> Result<Conn> {
+        let h = &self.hosts[i];
+        let mut cfg = self.config.clone();
+        // tokio-postgres checks the TLS certificate against the host name;
+        // with only a hostaddr, that is the address.
+        cfg.host(h.name());
+        if let Some(a) = h.hostaddr {
+            cfg.hostaddr(a);
+        }
+        cfg.port(h.port);
+        let password = self.passwords.get(i).and_then(Option::as_ref);
+        if let Some(pw) = password {
+            cfg.password(pw.secret.expose());
+        }
+        let attempt = |mode: PgSslMode| {
+            let mut cfg = cfg.clone();
+            cfg.ssl_mode(mode);
+            let tls = self.tls.clone();
+            async move { cfg.connect(tls).await }
+        };
+        // libpq never uses TLS over unix-domain sockets.
+        let mode = if h.is_socket() {
+            SslMode::Disable
+        } else {
+            self.sslmode
+        };
+        let result = match mode {
+            SslMode::Disable => attempt(PgSslMode::Disable).await,
+            // Plain first; TLS when the server refused (e.g. a hostssl rule).
+            SslMode::Allow => match attempt(PgSslMode::Disable).await {
+                Err(plain) if plain.as_db_error().is_some() => {
+                    tracing::debug!(side = %self.side, error = %plain, "sslmode=allow: retrying with TLS");
+                    match attempt(PgSslMode::Require).await {
+                        Err(e) if tls_failed(&e) => Err(plain),
+                        r => r,
+                    }
+                }
+                r => r,
+            },
+            // TLS when the server offers it; plain again when the TLS
+            // handshake fails.
+            SslMode::Prefer => match attempt(PgSslMode::Prefer).await {
+                Err(e) if find_tls_error(&e).is_some() => {
+                    tracing::debug!(side = %self.side, error = %e, "sslmode=prefer: TLS failed, retrying without");
+                    attempt(PgSslMode::Disable).await
+                }
+                r => r,
+            },
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                attempt(PgSslMode::Require).await
+            }
+        };
+        result.map_err(|e| self.connect_error(h, e, password))
+    }
+
+    fn connect_error(
+        &self,
+        h: &HostSpec,
+        source: tokio_postgres::Error,
+        password: Option<&Password>,
+    ) -> Error {
+        let side = self.side;
+        let addr = self.describe_host(h);
+        // Certificate problems are configuration, not worth retrying.
+        if let Some(TlsError::Verify(msg)) = find_tls_error(&source) {
+            return Error::Precondition {
+                side,
+                message: format!("cannot connect to {addr}: {msg}"),
+            };
+        }
+        if let Some(why) = tls::client_cert_rejection(&source) {
+            return Error::Precondition {
+                side,
+                message: format!("cannot connect to {addr}: --{side}: {why}"),
+            };
+        }
+        if source.as_db_error().is_none()
+            && std::error::Error::source(&source)
+                .is_some_and(|c| c.to_string() == "password missing")
+        {
+            let file = self
+                .passfile
+                .as_ref()
+                .map(|p| format!(" ({})", p.display()))
+                .unwrap_or_default();
+            return Error::Precondition {
+                side,
+                message: format!(
+                    "cannot connect to {addr}: the server asks for a password and none was given. \
+                     Put it in the password file{file} as a line host:port:database:user:password \
+                     (mode 0600), in PGPASSWORD, or in --{side}"
+                ),
+            };
+        }
+        if source.code() == Some(&SqlState::INVALID_PASSWORD) {
+            if let Some(Password {
+                file: Some((path, line)),
+                ..
+            }) = password
+            {
+                tracing::warn!(
+                    "--{side}: the password came from the password file {} (line {line})",
+                    path.display()
+                );
+            }
+        }
+        Error::Connect { side, addr, source }
+    }
+}
+
+/// `host:port`, IPv6 addresses in brackets.
+fn host_port(h: &HostSpec) -> String {
+    let name = h.name();
+    if name.contains(':') && !h.is_socket() {
+        format!("[{name}]:{}", h.port)
+    } else {
+        format!("{name}:{}", h.port)
+    }
+}
+
+/// The password for each host: the given one, else the password file's.
+fn passwords(s: &Settings) -> Vec<Option<Password>> {
+    if let Some(p) = &s.password {
+        let pw = Password {
+            secret: p.clone(),
+            file: None,
+        };
+        return vec![Some(pw); s.hosts.len()];
+    }
+    let contents = s
+        .passfile
+        .as_deref()
+        .and_then(|f| connstr::read_pgpass(f, s.passfile_explicit));
+    s.hosts
+        .iter()
+        .map(|h| {
+            let (file, contents) = (s.passfile.as_ref()?, contents.as_deref()?);
+            let (line, secret) = connstr::pgpass_lookup(
+                contents,
+                &connstr::pgpass_host(h),
+                &h.port.to_string(),
+                &s.dbname,
+                &s.user,
+            )?;
+            Some(Password {
+                secret,
+                file: Some((file.clone(), line)),
+            })
+        })
+        .collect()
+}
+
+/// Our TLS error somewhere in a connection error's causes.
+fn find_tls_error(e: &tokio_postgres::Error) -> Option<&TlsError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<TlsError>() {
+            return Some(t);
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// Whether a connection failed at the TLS level (handshake, or a server
+/// without TLS), rather than after it.
+fn tls_failed(e: &tokio_postgres::Error) -> bool {
+    find_tls_error(e).is_some() || e.to_string().starts_with("error performing TLS handshake")
+}
+
+/// Shuffle for load_balance_hosts=random (std's random hash keys as the
+/// randomness: no RNG crate needed for this).
+fn shuffle(v: &mut [usize]) {
+    use std::hash::{BuildHasher, Hasher};
+    for i in (1..v.len()).rev() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(i);
+        let j = (h.finish() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
     }
 }
 
@@ -193,5 +444,112 @@ impl Db {
             .batch_execute(sql)
             .await
             .map_err(|e| Error::db(self.side, what, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Env(Vec<(&'static str, &'static str)>);
+
+    impl connstr::Environment for Env {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+        fn os_user(&self) -> Option<String> {
+            Some("osuser".into())
+        }
+    }
+
+    fn parse(s: &str, env: &[(&'static str, &'static str)]) -> Result<ConnInfo> {
+        ConnInfo::parse_with(Side::Target, s, &Env(env.to_vec()))
+    }
+
+    #[test]
+    fn describe_and_debug_never_show_the_password() {
+        let c = parse(
+            "postgres://u:hunter2@h1:5433,[::1]:5434/db?sslmode=disable",
+            &[],
+        )
+        .expect("parsed");
+        assert_eq!(c.describe(), "u@h1:5433,[::1]:5434/db");
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2"), "{d}");
+        assert!(d.contains("sslmode=disable"), "{d}");
+        let c = parse(
+            "sslmode=disable",
+            &[("PGPASSWORD", "hunter3"), ("PGHOST", "/tmp/sock")],
+        )
+        .expect("parsed");
+        assert_eq!(c.describe(), "osuser@/tmp/sock:5432/osuser");
+        assert!(!format!("{c:?}").contains("hunter3"));
+        assert_eq!(c.config.get_application_name(), Some("hyperfill"));
+        assert_eq!(
+            c.config.get_connect_timeout(),
+            Some(&Duration::from_secs(15))
+        );
+        let c = parse("sslmode=disable connect_timeout=3", &[]).expect("parsed");
+        assert_eq!(
+            c.config.get_connect_timeout(),
+            Some(&Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_side_and_never_the_password() {
+        for s in [
+            "postgres://u:hunter2@h/db?sslmode=sometimes",
+            "host=h password=hunter2 keepalives=x",
+            "host=h password='hunter2",
+            "host=h hunter2",
+        ] {
+            match parse(s, &[]) {
+                Ok(_) => panic!("{s}: expected an error"),
+                Err(e) => {
+                    let m = e.to_string();
+                    assert!(
+                        m.starts_with("--target is not a valid connection string"),
+                        "{m}"
+                    );
+                    assert!(!m.contains("hunter2"), "{m}");
+                    assert_eq!(e.exit_code(), crate::error::exit::BAD_ARGUMENTS);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_password_file_is_read_per_host() {
+        let dir = std::env::temp_dir().join(format!("hf-db-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("pgpass");
+        std::fs::write(&f, "h1:5432:db:u:one\nh2:5432:db:u:two\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let conn = format!(
+            "host=h1,h2,h3 user=u dbname=db sslmode=disable passfile='{}'",
+            f.display()
+        );
+        let c = parse(&conn, &[]).expect("parsed");
+        let pw: Vec<Option<&str>> = c
+            .passwords
+            .iter()
+            .map(|p| p.as_ref().map(|p| p.secret.expose()))
+            .collect();
+        assert_eq!(pw, vec![Some("one"), Some("two"), None]);
+        // a password in the string wins
+        let c = parse(&format!("{conn} password=given"), &[]).expect("parsed");
+        assert!(c
+            .passwords
+            .iter()
+            .all(|p| p.as_ref().map(|p| p.secret.expose()) == Some("given")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -53,10 +53,11 @@ enum Check {
     ChainAndName,
 }
 
-/// A ready TLS client configuration for one side. Cheap to clone.
+/// A ready TLS client configuration for one side (none for
+/// sslmode=disable). Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Tls {
-    config: Arc<ClientConfig>,
+    config: Option<Arc<ClientConfig>>,
 }
 
 /// A TLS failure, for the connection error.
@@ -133,7 +134,11 @@ fn load_roots(side: Side, rootcert: &str, explicit: bool) -> Result<Roots, Strin
         });
     }
     let path = Path::new(rootcert);
-    let key = if explicit { "sslrootcert" } else { "root certificate" };
+    let key = if explicit {
+        "sslrootcert"
+    } else {
+        "root certificate"
+    };
     let pem = read(side, key, path)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
@@ -198,7 +203,9 @@ fn load_client_cert(
     }
     let key_path = match &ssl.key {
         Some(k) => PathBuf::from(k),
-        None => default_file(home, "postgresql.key").unwrap_or_else(|| cert_path.with_extension("key")),
+        None => {
+            default_file(home, "postgresql.key").unwrap_or_else(|| cert_path.with_extension("key"))
+        }
     };
     let meta = std::fs::metadata(&key_path).map_err(|e| {
         format!(
@@ -254,12 +261,17 @@ fn load_client_cert(
 }
 
 impl Tls {
-    /// Build the TLS configuration for a connection string's settings, or
-    /// None for sslmode=disable. Reads the certificate files now, so that
+    /// No TLS (sslmode=disable, unix-domain sockets).
+    pub(crate) fn none() -> Tls {
+        Tls { config: None }
+    }
+
+    /// Build the TLS configuration for a connection string's settings
+    /// (none for sslmode=disable). Reads the certificate files now, so that
     /// a missing or bad file is reported before anything connects.
-    pub(crate) fn new(side: Side, ssl: &SslSettings, home: Option<&Path>) -> Result<Option<Tls>, String> {
+    pub(crate) fn new(side: Side, ssl: &SslSettings, home: Option<&Path>) -> Result<Tls, String> {
         if ssl.mode == SslMode::Disable {
-            return Ok(None);
+            return Ok(Tls::none());
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
 
@@ -299,11 +311,12 @@ impl Tls {
             algorithms: provider.signature_verification_algorithms,
         });
 
-        let versions: Vec<&'static rustls::SupportedProtocolVersion> = match (ssl.min_tls13, ssl.max_tls12) {
-            (true, _) => vec![&rustls::version::TLS13],
-            (false, true) => vec![&rustls::version::TLS12],
-            (false, false) => vec![&rustls::version::TLS13, &rustls::version::TLS12],
-        };
+        let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+            match (ssl.min_tls13, ssl.max_tls12) {
+                (true, _) => vec![&rustls::version::TLS13],
+                (false, true) => vec![&rustls::version::TLS12],
+                (false, false) => vec![&rustls::version::TLS13, &rustls::version::TLS12],
+            };
         let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions)
             .map_err(|e| format!("--{side}: TLS setup: {e}"))?
@@ -321,9 +334,9 @@ impl Tls {
         // PostgreSQL 17 checks the ALPN protocol when given and needs it for
         // sslnegotiation=direct; older servers ignore it.
         config.alpn_protocols = vec![b"postgresql".to_vec()];
-        Ok(Some(Tls {
-            config: Arc::new(config),
-        }))
+        Ok(Tls {
+            config: Some(Arc::new(config)),
+        })
     }
 }
 
@@ -341,7 +354,13 @@ struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Verifier({} sslmode={} {:?})", self.side, self.mode.as_str(), self.check)
+        write!(
+            f,
+            "Verifier({} sslmode={} {:?})",
+            self.side,
+            self.mode.as_str(),
+            self.check
+        )
     }
 }
 
@@ -357,12 +376,17 @@ impl Verifier {
     }
 
     fn roots_label(&self) -> &str {
-        self.roots.as_ref().map_or("the root certificates", |r| r.label.as_str())
+        self.roots
+            .as_ref()
+            .map_or("the root certificates", |r| r.label.as_str())
     }
 
     fn chain_message(&self, e: &rustls::Error) -> String {
         let roots = self.roots_label();
-        let weaker = if self.mode == SslMode::Require || self.mode == SslMode::Prefer || self.mode == SslMode::Allow {
+        let weaker = if self.mode == SslMode::Require
+            || self.mode == SslMode::Prefer
+            || self.mode == SslMode::Allow
+        {
             " (with this sslmode the check happens because a root certificate file is present)"
         } else {
             ""
@@ -413,16 +437,22 @@ impl ServerCertVerifier for Verifier {
             return Err(self.fail("no root certificates loaded".into()));
         };
         let info = der::CertInfo::parse(end_entity.as_ref());
-        if roots.pinned.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+        if roots
+            .pinned
+            .iter()
+            .any(|c| c.as_ref() == end_entity.as_ref())
+        {
             // The server's own (self-signed) certificate is the root.
             let t = now.as_secs() as i64;
             match info.as_ref().map(|i| (i.not_before, i.not_after)) {
                 Some((Some(nb), Some(na))) if nb <= t && t <= na => {}
-                Some((Some(nb), Some(_))) if t < nb => {
-                    return Err(self.fail("the server certificate is not valid yet; check the clocks of both machines".into()))
-                }
+                Some((Some(nb), Some(_))) if t < nb => return Err(self.fail(
+                    "the server certificate is not valid yet; check the clocks of both machines"
+                        .into(),
+                )),
                 Some((Some(_), Some(_))) => {
-                    return Err(self.fail("the server certificate has expired; renew it on the server".into()))
+                    return Err(self
+                        .fail("the server certificate has expired; renew it on the server".into()))
                 }
                 _ => return Err(self.fail("the server certificate cannot be parsed".into())),
             }
@@ -517,7 +547,7 @@ where
 }
 
 pub(crate) struct Connector {
-    config: Arc<ClientConfig>,
+    config: Option<Arc<ClientConfig>>,
     host: String,
 }
 
@@ -531,13 +561,16 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
+            let config = self
+                .config
+                .ok_or_else(|| TlsError::Handshake("TLS is disabled (sslmode=disable)".into()))?;
             let name = ServerName::try_from(self.host.clone()).map_err(|_| {
                 TlsError::Handshake(format!(
                     "\"{}\" cannot be used as a TLS server name",
                     self.host
                 ))
             })?;
-            tokio_rustls::TlsConnector::from(self.config)
+            tokio_rustls::TlsConnector::from(config)
                 .connect(name, stream)
                 .await
                 .map(TlsStream)
@@ -611,13 +644,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 pub(crate) fn client_cert_rejection(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        let r = e
-            .downcast_ref::<rustls::Error>()
-            .or_else(|| {
-                e.downcast_ref::<io::Error>()
-                    .and_then(|io| io.get_ref())
-                    .and_then(|i| i.downcast_ref::<rustls::Error>())
-            });
+        let r = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+        });
         if let Some(rustls::Error::AlertReceived(alert)) = r {
             use rustls::AlertDescription as A;
             let what = match alert {
@@ -628,7 +659,10 @@ pub(crate) fn client_cert_rejection(err: &(dyn std::error::Error + 'static)) -> 
                 }
                 A::CertificateExpired => "the server rejected the client certificate: it has expired",
                 A::CertificateRevoked => "the server rejected the client certificate: it is revoked",
-                _ => return Some(format!("the server ended the TLS session: {alert:?}")),
+                _ => {
+                    cur = e.source();
+                    continue;
+                }
             };
             return Some(what.to_string());
         }
@@ -832,6 +866,9 @@ pub(crate) mod der {
     /// UTCTime / GeneralizedTime ("...Z") as Unix seconds.
     fn time(tag: u8, v: &[u8]) -> Option<i64> {
         let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
+        if !s.is_ascii() {
+            return None;
+        }
         let (year, rest) = match tag {
             0x17 if s.len() == 12 => {
                 let yy: i64 = s[..2].parse().ok()?;
@@ -916,8 +953,72 @@ pub(crate) mod der {
     }
 
     #[cfg(test)]
+    /// Made with `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384
+    /// -sha384 -days 36500 -subj "/O=hyperfill unit test/CN=cn.example.com"
+    /// -addext "subjectAltName=DNS:db.example.com,DNS:*.wild.example.com,IP:10.1.2.3,IP:::1"`.
+    pub(crate) const TEST_CERT_PEM: &str = "\
+-----BEGIN CERTIFICATE-----
+MIICSjCCAdGgAwIBAgIUZv5jKJkQ7eNBj8mGAGe7JiYX/pAwCgYIKoZIzj0EAwMw
+NzEcMBoGA1UECgwTaHlwZXJmaWxsIHVuaXQgdGVzdDEXMBUGA1UEAwwOY24uZXhh
+bXBsZS5jb20wIBcNMjYxMTIxMDIyOTExWhgPMjEyNjEwMjgwMjI5MTFaMDcxHDAa
+BgNVBAoME2h5cGVyZmlsbCB1bml0IHRlc3QxFzAVBgNVBAMMDmNuLmV4YW1wbGUu
+Y29tMHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEQsm0uoyUy1oN6lUnwpBXBlHXjhrG
+QOOVvU26GnkSXvfOrQlncoVdU1SlSPBVf/DiVYe+1XSue0zYG1epEktjzAcLfib6
+tns9PTFSx1qLwvDlfN0imy+1WuoYxMXQOsnUo4GbMIGYMB0GA1UdDgQWBBTguiN5
+TzPueELYZStdHP+TKoxjJTAfBgNVHSMEGDAWgBTguiN5TzPueELYZStdHP+TKoxj
+JTAPBgNVHRMBAf8EBTADAQH/MEUGA1UdEQQ+MDyCDmRiLmV4YW1wbGUuY29tghIq
+LndpbGQuZXhhbXBsZS5jb22HBAoBAgOHEAAAAAAAAAAAAAAAAAAAAAEwCgYIKoZI
+zj0EAwMDZwAwZAIwFjP4EvG2kbZtOH5iHkuXPkunhJsDa1Lg4CsSvofstBdLSxlI
+5p7nTq5RKVj3PHx7AjAxUC3BY7/wDSia/fVvjYC/piYJgNTvnLUB2vycs3DUpaK6
+6qFakgeNQeJ4cyV9NFE=
+-----END CERTIFICATE-----";
+
+    #[cfg(test)]
+    pub(crate) fn tests_cert() -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(TEST_CERT_PEM.as_bytes())
+            .expect("test certificate")
+            .to_vec()
+    }
+
+    #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn parses_a_real_certificate() {
+            let der = tests_cert();
+            let info = CertInfo::parse(&der).expect("parsed");
+            assert_eq!(info.cn.as_deref(), Some("cn.example.com"));
+            assert_eq!(info.dns, vec!["db.example.com", "*.wild.example.com"]);
+            assert_eq!(
+                info.ips,
+                vec![
+                    "10.1.2.3".parse::<IpAddr>().unwrap(),
+                    "::1".parse().unwrap()
+                ]
+            );
+            // UTCTime and GeneralizedTime (after 2049)
+            assert_eq!(info.not_before, Some(1795228151));
+            assert_eq!(info.not_after, Some(4948828151));
+            assert_eq!(binding_hash(&info.sig_alg), Some(Hash::Sha384));
+            assert!(info.matches_host("db.example.com"));
+            assert!(info.matches_host("x.wild.example.com"));
+            assert!(info.matches_host("10.1.2.3"));
+            // DNS SANs present: the CN does not count for DNS names
+            assert!(!info.matches_host("cn.example.com"));
+            // `openssl x509 -outform der | sha384sum`
+            let hash: String = end_point_hash(&der)
+                .expect("hash")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(hash, "14e22e9eecd473996f4744e8a52b0ca572c3d82f8cf78a806a01a3f0d6153e97db53869031eba998a063370e3655fac0");
+            // garbage and truncation are None, never a panic
+            assert!(CertInfo::parse(&der[..der.len() / 2]).is_none());
+            assert!(CertInfo::parse(b"\x30\x84\xff\xff\xff\xff").is_none());
+            assert!(CertInfo::parse(&[]).is_none());
+        }
 
         #[test]
         fn times() {
@@ -976,5 +1077,148 @@ pub(crate) mod der {
             assert_eq!(binding_hash(&[ECDSA, &[3, 4]].concat()), Some(Hash::Sha512));
             assert_eq!(binding_hash(&[0x2b, 0x65, 0x70]), None); // Ed25519
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn verifier(mode: SslMode, check: Check) -> Verifier {
+        let cert = CertificateDer::from(der::tests_cert());
+        let mut store = RootCertStore::empty();
+        let _ = store.add(cert.clone());
+        Verifier {
+            side: Side::Target,
+            mode,
+            check,
+            roots: Some(Roots {
+                store,
+                pinned: vec![cert],
+                label: "the CA file /x/ca.crt".into(),
+            }),
+            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        }
+    }
+
+    fn verify(v: &Verifier, host: &str, at: u64) -> Result<(), String> {
+        let cert = CertificateDer::from(der::tests_cert());
+        let name = ServerName::try_from(host.to_string()).expect("server name");
+        v.verify_server_cert(
+            &cert,
+            &[],
+            &name,
+            &[],
+            UnixTime::since_unix_epoch(Duration::from_secs(at)),
+        )
+        .map(|_| ())
+        .map_err(|e| match e {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(o))) => {
+                o.to_string()
+            }
+            other => format!("unexpected: {other}"),
+        })
+    }
+
+    const NOW: u64 = 1_900_000_000; // 2030, inside the test certificate's validity
+
+    #[test]
+    fn a_self_signed_server_certificate_can_be_its_own_root() {
+        let v = verifier(SslMode::VerifyFull, Check::ChainAndName);
+        assert_eq!(verify(&v, "db.example.com", NOW), Ok(()));
+        assert_eq!(verify(&v, "10.1.2.3", NOW), Ok(()));
+        let e = verify(&v, "127.0.0.1", NOW).unwrap_err();
+        assert!(
+            e.starts_with("--target: sslmode=verify-full: the server certificate is not valid for host 127.0.0.1 (it names db.example.com, *.wild.example.com, 10.1.2.3, ::1, cn.example.com)"),
+            "{e}"
+        );
+        assert!(e.contains("(host=db.example.com)"), "{e}");
+        // verify-ca does not look at the name
+        let v = verifier(SslMode::VerifyCa, Check::Chain);
+        assert_eq!(verify(&v, "127.0.0.1", NOW), Ok(()));
+        // but at the dates
+        let e = verify(&v, "127.0.0.1", 1_000_000_000).unwrap_err();
+        assert!(e.contains("not valid yet"), "{e}");
+        let e = verify(&v, "127.0.0.1", 5_000_000_000).unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+    }
+
+    #[test]
+    fn nothing_is_checked_without_a_root_file_in_require() {
+        let v = Verifier {
+            roots: None,
+            ..verifier(SslMode::Require, Check::Nothing)
+        };
+        assert_eq!(verify(&v, "anything.example", 5_000_000_000), Ok(()));
+    }
+
+    fn settings(mode: SslMode) -> SslSettings {
+        SslSettings {
+            mode,
+            rootcert: None,
+            cert: None,
+            key: None,
+            password: None,
+            sni: true,
+            no_client_cert: false,
+            min_tls13: false,
+            max_tls12: false,
+        }
+    }
+
+    #[test]
+    fn file_errors_name_the_side_the_file_and_the_fix() {
+        let home = std::env::temp_dir().join(format!("hf-tls-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home).unwrap();
+        let err = |s: &SslSettings| match Tls::new(Side::Source, s, Some(&home)) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        };
+        let e = err(&settings(SslMode::VerifyFull));
+        assert!(
+            e.starts_with("--source: sslmode=verify-full needs the CA certificate"),
+            "{e}"
+        );
+        assert!(e.contains(".postgresql/root.crt"), "{e}");
+        let mut s = settings(SslMode::VerifyCa);
+        s.rootcert = Some("/nonexistent/ca.crt".into());
+        let e = err(&s);
+        assert!(
+            e.starts_with("--source: sslrootcert=/nonexistent/ca.crt: cannot read the file"),
+            "{e}"
+        );
+        let empty = home.join("empty.crt");
+        std::fs::write(&empty, "not pem\n").unwrap();
+        s.rootcert = Some(empty.display().to_string());
+        assert!(err(&s).contains("no certificate in the file"));
+        // an encrypted key is explained, sslpassword or not
+        let mut s = settings(SslMode::Require);
+        let (crt, key) = (home.join("c.crt"), home.join("c.key"));
+        std::fs::write(&crt, der::TEST_CERT_PEM).unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        s.cert = Some(crt.display().to_string());
+        s.key = Some(key.display().to_string());
+        s.password = Some(super::super::connstr::Secret::new("hunter2"));
+        let e = err(&s);
+        assert!(
+            e.contains("the private key is encrypted (sslpassword is not supported)"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        // disable needs nothing, require without files neither
+        assert!(Tls::new(Side::Source, &settings(SslMode::Disable), Some(&home)).is_ok());
+        assert!(Tls::new(Side::Source, &settings(SslMode::Require), Some(&home)).is_ok());
+        let _ = std::fs::remove_dir_all(&home);
     }
 }

@@ -10,3 +10,4 @@ mod errors;
 mod ops;
 mod resume;
 mod stage;
+mod tls;

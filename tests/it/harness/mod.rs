@@ -272,6 +272,33 @@ impl Dbs {
         }
     }
 
+    /// Run `hyperfill <args>` (no placeholders) with `HOME` set to `home`
+    /// (so `~/.pgpass` and `~/.postgresql/` are the test's own), no `PG*`
+    /// variables inherited from the test process, and `env` added.
+    pub async fn run_env(
+        &self,
+        args: &[&str],
+        home: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Run {
+        let mut cmd = bin();
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PG") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("HOME", home).envs(env.iter().copied()).args(args);
+        let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+            .await
+            .expect("hyperfill did not finish in 300 s")
+            .expect("running hyperfill");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     pub async fn stage(&self, extra: &[&str]) -> Run {
         let mut a = vec!["stage", "--source", "{S}", "--target", "{T}"];
         a.extend_from_slice(extra);
@@ -345,6 +372,17 @@ impl Dbs {
             }
         }
     }
+}
+
+/// Report a test that cannot run here: loudly on stderr and in the skip log
+/// (so scripts/test.sh counts it as skipped); a failure instead when
+/// `require_flag` (e.g. `HYPERFILL_REQUIRE_TLS`) is set to 1.
+pub fn skip(name: &str, why: &str, require_flag: &str) {
+    if env_flag(require_flag) {
+        panic!("{name}: {why} ({require_flag}=1)");
+    }
+    record_skip(name, why);
+    eprintln!("\n*** SKIPPED {name}: {why}. Set {require_flag}=1 to make this a failure. ***\n");
 }
 
 /// Append a skipped test to `$HYPERFILL_SKIP_LOG` (scripts/test.sh reads it
