@@ -1,4 +1,11 @@
 //! SQL of the catalog module. Every statement is read-only.
+//!
+//! Version notes that apply throughout: `_timescaledb_catalog.chunk.dropped`
+//! (chunks kept in the catalog after drop_chunks, for continuous aggregates)
+//! was removed in TimescaleDB 2.26, which deletes such rows instead. The
+//! predicate `NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)`
+//! reads the flag where it exists and is true where it does not, so one
+//! statement serves every supported release.
 
 /// Either side. Returns the timescaledb extension's version, its schema, the
 /// schema of its internal functions (`_timescaledb_functions` since 2.12),
@@ -109,7 +116,7 @@ SELECT ht.schema_name::text, ht.table_name::text,
         + CASE WHEN cc.id IS NULL THEN 0
                ELSE coalesce(pg_total_relation_size(to_regclass(format('%I.%I', cc.schema_name, cc.table_name))), 0) END)::bigint
 FROM ht
-JOIN _timescaledb_catalog.chunk c ON c.hypertable_id = ht.id AND NOT c.dropped AND NOT c.osm_chunk
+JOIN _timescaledb_catalog.chunk c ON c.hypertable_id = ht.id AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false) AND NOT c.osm_chunk
 JOIN _timescaledb_catalog.chunk_constraint tcc ON tcc.chunk_id = c.id
 JOIN _timescaledb_catalog.dimension_slice ts
   ON ts.id = tcc.dimension_slice_id AND ts.dimension_id = ht.time_dimension_id
@@ -136,7 +143,7 @@ SELECT c.schema_name::text, c.table_name::text,
         WHERE x.chunk_id = c.id)
 FROM _timescaledb_catalog.chunk c
 JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
-WHERE h.schema_name = $1 AND h.table_name = $2 AND NOT c.dropped";
+WHERE h.schema_name = $1 AND h.table_name = $2 AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)";
 
 /// Either side. $1 = chunk schema, $2 = chunk table. True when the chunk is in
 /// the catalog, not dropped, and its table exists.
@@ -144,7 +151,7 @@ WHERE h.schema_name = $1 AND h.table_name = $2 AND NOT c.dropped";
 pub const CHUNK_EXISTS: &str = "\
 SELECT EXISTS (
     SELECT 1 FROM _timescaledb_catalog.chunk c
-    WHERE c.schema_name = $1 AND c.table_name = $2 AND NOT c.dropped
+    WHERE c.schema_name = $1 AND c.table_name = $2 AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)
       AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL)";
 
 /// Either side. $1 = quoted qualified name. True when the relation exists.

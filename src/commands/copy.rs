@@ -261,7 +261,7 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let ctx = Context {
         source: catalog::extension(&src).await?,
         target: catalog::extension(&tgt).await?,
-        replica_role: crate::copy::invalidation::can_use_replica_role(&tgt).await,
+        invalidation: crate::copy::invalidation::strategy(&tgt).await,
         rate: cfg
             .max_rate
             .map(|r| Arc::new(crate::copy::RateLimiter::new(r))),

@@ -148,7 +148,8 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     let ctx = Context {
         source: catalog::extension(&src).await?,
         target: catalog::extension(&tgt).await?,
-        replica_role: crate::copy::invalidation::can_use_replica_role(&tgt).await,
+        // verify writes no chunk: no strategy needed.
+        invalidation: crate::copy::invalidation::Strategy::Unavoidable,
         rate: None,
     };
     if cfg.all {

@@ -8,6 +8,7 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::ident::{quote_ident, QualifiedName};
 
+use super::invalidation::Suppressed;
 use super::{copy_rows, Context, PipeStats};
 
 /// chunk.status bit: the chunk has rows outside its compressed batches.
@@ -21,7 +22,7 @@ const CHUNK_STATE: &str = "\
 SELECT cc.schema_name::text, cc.table_name::text, c.status
 FROM _timescaledb_catalog.chunk c
 LEFT JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id
-WHERE c.schema_name = $1 AND c.table_name = $2 AND NOT c.dropped
+WHERE c.schema_name = $1 AND c.table_name = $2 AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)
   AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL";
 
 /// A chunk's compression state.
@@ -60,12 +61,28 @@ async fn call(db: &Db, ext: &Extension, function: &str, chunk: &QualifiedName) -
     Ok(())
 }
 
-pub async fn compress(db: &Db, ctx: &Context, chunk: &QualifiedName) -> Result<()> {
-    call(db, &ctx.target, "compress_chunk", chunk).await
+/// `compress_chunk` inside a task's transaction (it needs TimescaleDB's hooks).
+pub async fn compress(
+    db: &Db,
+    ctx: &Context,
+    chunk: &QualifiedName,
+    quiet: &Suppressed,
+) -> Result<()> {
+    quiet.hooks(db).await?;
+    call(db, &ctx.target, "compress_chunk", chunk).await?;
+    quiet.direct_writes(db).await
 }
 
-pub async fn decompress(db: &Db, ctx: &Context, chunk: &QualifiedName) -> Result<()> {
-    call(db, &ctx.target, "decompress_chunk", chunk).await
+/// `decompress_chunk` inside a task's transaction (it needs TimescaleDB's hooks).
+pub async fn decompress(
+    db: &Db,
+    ctx: &Context,
+    chunk: &QualifiedName,
+    quiet: &Suppressed,
+) -> Result<()> {
+    quiet.hooks(db).await?;
+    call(db, &ctx.target, "decompress_chunk", chunk).await?;
+    quiet.direct_writes(db).await
 }
 
 /// Give an (empty) target chunk its compressed chunk ahead of the copy, the
@@ -91,6 +108,7 @@ pub async fn reset_to_empty_compressed(
     ctx: &Context,
     chunk: &QualifiedName,
     state: &ChunkState,
+    quiet: &Suppressed,
 ) -> Result<QualifiedName> {
     if let Some(compressed) = &state.compressed {
         // Batches first: before TimescaleDB 2.23 a DELETE on the chunk
@@ -102,11 +120,11 @@ pub async fn reset_to_empty_compressed(
         }
         // Clear the partial flag the only allowed way: decompress and
         // compress again, both cheap on an empty chunk.
-        decompress(tgt, ctx, chunk).await?;
+        decompress(tgt, ctx, chunk, quiet).await?;
     } else {
         delete_all(tgt, chunk).await?;
     }
-    compress(tgt, ctx, chunk).await?;
+    compress(tgt, ctx, chunk, quiet).await?;
     match chunk_state(tgt, chunk).await? {
         Some(ChunkState {
             compressed: Some(c),
@@ -129,6 +147,7 @@ pub async fn copy_whole(
     hypertable: &QualifiedName,
     source: (&QualifiedName, &ChunkState),
     target: (&QualifiedName, &ChunkState),
+    quiet: &Suppressed,
 ) -> Result<PipeStats> {
     let (s_chunk, s_state) = source;
     let (t_chunk, t_state) = target;
@@ -137,7 +156,7 @@ pub async fn copy_whole(
             "copy_whole needs a compressed source chunk".into(),
         ));
     };
-    let t_compressed = reset_to_empty_compressed(tgt, ctx, t_chunk, t_state).await?;
+    let t_compressed = reset_to_empty_compressed(tgt, ctx, t_chunk, t_state, quiet).await?;
 
     let s_cols = catalog::relation_columns(src, s_compressed).await?;
     let t_cols = catalog::relation_columns(tgt, &t_compressed).await?;
@@ -165,7 +184,11 @@ pub async fn copy_whole(
 
     if s_state.partial {
         let cols = catalog::relation_columns(src, s_chunk).await?;
+        // Through the hypertable, with TimescaleDB's hooks: only they set
+        // the partial flag that makes these rows visible.
+        quiet.hooks(tgt).await?;
         let more = copy_rows(ctx, src, tgt, s_chunk, hypertable, &cols, "ONLY ", None).await?;
+        quiet.direct_writes(tgt).await?;
         stats.rows += more.rows;
         stats.bytes += more.bytes;
     }

@@ -1,19 +1,30 @@
 //! Keeping a backfill from logging continuous-aggregate invalidations.
 //!
 //! TimescaleDB logs an invalidation for rows written below a continuous
-//! aggregate's threshold, through the row trigger `ts_cagg_invalidation_trigger`
-//! on every chunk. The materialization hypertables are copied from the source
-//! as they are, so those invalidations would only force needless
-//! re-materialization. Two ways to silence the trigger for one task's
-//! transaction, in order of preference:
+//! aggregate's threshold. The materialization hypertables are copied from
+//! the source as they are, so those invalidations would only force needless
+//! re-materialization. How to keep them out depends on the release:
 //!
-//! 1. `SET LOCAL session_replication_role = replica`, when the role may set it
-//!    (superuser, or granted `SET` on the parameter): no lock at all. It also
-//!    keeps user triggers and foreign-key checks from firing on copied rows,
-//!    as pg_restore's `--disable-triggers` does.
-//! 2. Otherwise drop the trigger on that one chunk and re-create it from its
-//!    own definition before commit. That takes an exclusive lock on the chunk
-//!    alone: writes to other chunks of the hypertable are not blocked.
+//! * **Before 2.23** a row trigger, `ts_cagg_invalidation_trigger`, on every
+//!   chunk logs them. For one task's transaction it is silenced with
+//!   `SET LOCAL session_replication_role = replica` when the role may set it
+//!   (superuser, or granted `SET` on the parameter): no lock at all, and user
+//!   triggers and foreign-key checks do not fire on copied rows either, as
+//!   with pg_restore's `--disable-triggers`. Otherwise the trigger is dropped
+//!   on that one chunk and re-created from its own definition before commit:
+//!   an exclusive lock on that chunk alone, so writes to other chunks of the
+//!   hypertable are not blocked.
+//! * **From 2.23** TimescaleDB records them in C for every write to a
+//!   hypertable or chunk, whatever `session_replication_role` says. Writes
+//!   made directly to a chunk or compressed chunk while
+//!   `timescaledb.restoring` is on are not recorded, so those writes run with
+//!   `SET LOCAL timescaledb.restoring = on`, switched off again around
+//!   `compress_chunk`/`decompress_chunk` and around rows sent through the
+//!   hypertable (which need TimescaleDB's hooks: the partial flag of a
+//!   compressed chunk is set only there; those few rows do log an
+//!   invalidation). Setting it needs a superuser or
+//!   `GRANT SET ON PARAMETER timescaledb.restoring TO <role>`; without that
+//!   the copy logs invalidations and `refresh-caggs` absorbs them.
 
 use crate::db::Db;
 use crate::error::Result;
@@ -21,9 +32,16 @@ use crate::ident::QualifiedName;
 
 const TRIGGER: &str = "ts_cagg_invalidation_trigger";
 
-/// Target. Whether this session may set `session_replication_role`.
+/// Target. Whether invalidations come from the row trigger (before 2.23),
+/// and whether this role may set `session_replication_role` and
+/// `timescaledb.restoring`.
 // language=PostgreSQL
-const CAN_SET_REPLICA: &str = "SELECT has_parameter_privilege('session_replication_role', 'SET')";
+const CAPABILITIES: &str = "\
+SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+               WHERE n.nspname IN ('_timescaledb_functions', '_timescaledb_internal')
+                 AND p.proname = 'continuous_agg_invalidation_trigger'),
+       has_parameter_privilege('session_replication_role', 'SET'),
+       has_parameter_privilege('timescaledb.restoring', 'SET')";
 
 /// Target. $1 = quoted relation name. The definition of its invalidation trigger.
 // language=PostgreSQL
@@ -32,23 +50,59 @@ SELECT pg_get_triggerdef(t.oid)
 FROM pg_trigger t
 WHERE t.tgrelid = to_regclass($1::text) AND t.tgname = 'ts_cagg_invalidation_trigger'";
 
-/// Whether the connected role may use `session_replication_role = replica`.
-pub async fn can_use_replica_role(db: &Db) -> bool {
-    match db.client.query_one(CAN_SET_REPLICA, &[]).await {
-        Ok(row) => row.get(0),
-        Err(_) => false,
+/// How this target keeps invalidations out, decided once per run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Before 2.23: the trigger; `replica_role` says which way to silence it.
+    Trigger { replica_role: bool },
+    /// From 2.23: `timescaledb.restoring` around direct chunk writes.
+    Restoring,
+    /// From 2.23 without the right to set `timescaledb.restoring`.
+    Unavoidable,
+}
+
+/// Decide the strategy for the connected target role.
+pub async fn strategy(db: &Db) -> Strategy {
+    let Ok(row) = db.client.query_one(CAPABILITIES, &[]).await else {
+        return Strategy::Trigger {
+            replica_role: false,
+        };
+    };
+    let (trigger, replica, restoring): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    match (trigger, restoring) {
+        (true, _) => Strategy::Trigger {
+            replica_role: replica,
+        },
+        (false, true) => Strategy::Restoring,
+        (false, false) => {
+            tracing::warn!(
+                "the target role may not set timescaledb.restoring: copying will log \
+                 continuous-aggregate invalidations (refresh-caggs absorbs them). To avoid them: \
+                 GRANT SET ON PARAMETER timescaledb.restoring TO <role>"
+            );
+            Strategy::Unavoidable
+        }
     }
 }
 
-/// What to undo before commit.
+/// In force for one task's transaction: what to undo before commit, and
+/// what to switch around direct chunk writes.
 #[must_use]
 pub struct Suppressed {
+    strategy: Strategy,
     restore: Option<(QualifiedName, String)>,
 }
 
-/// Silence the invalidation trigger of `chunk` for the rest of the open
-/// transaction. Call [`Suppressed::restore`] before committing.
-pub async fn suppress(db: &Db, chunk: &QualifiedName, replica_role: bool) -> Result<Suppressed> {
+/// Silence invalidations for writes to `chunk` in the open transaction. Call
+/// [`Suppressed::restore`] before committing.
+pub async fn suppress(db: &Db, chunk: &QualifiedName, strategy: Strategy) -> Result<Suppressed> {
+    let mut s = Suppressed {
+        strategy,
+        restore: None,
+    };
+    let Strategy::Trigger { replica_role } = strategy else {
+        return Ok(s);
+    };
     let def = db
         .query_opt(
             TRIGGER_DEF,
@@ -58,7 +112,7 @@ pub async fn suppress(db: &Db, chunk: &QualifiedName, replica_role: bool) -> Res
         .await?
         .map(|r| r.get::<_, String>(0));
     let Some(def) = def else {
-        return Ok(Suppressed { restore: None });
+        return Ok(s);
     };
     if replica_role {
         db.batch(
@@ -66,7 +120,7 @@ pub async fn suppress(db: &Db, chunk: &QualifiedName, replica_role: bool) -> Res
             "disabling triggers for the copy",
         )
         .await?;
-        return Ok(Suppressed { restore: None });
+        return Ok(s);
     }
     db.batch(
         &format!(
@@ -77,14 +131,39 @@ pub async fn suppress(db: &Db, chunk: &QualifiedName, replica_role: bool) -> Res
         &format!("dropping the invalidation trigger of {chunk} for the copy"),
     )
     .await?;
-    Ok(Suppressed {
-        restore: Some((chunk.clone(), def)),
-    })
+    s.restore = Some((chunk.clone(), def));
+    Ok(s)
 }
 
 impl Suppressed {
+    /// Before writing straight into a chunk or compressed chunk table.
+    pub async fn direct_writes(&self, db: &Db) -> Result<()> {
+        if self.strategy == Strategy::Restoring {
+            db.batch(
+                "SET LOCAL timescaledb.restoring = on",
+                "entering restoring mode for the copy",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Before anything that needs TimescaleDB's own hooks: compress_chunk,
+    /// decompress_chunk, rows sent through the hypertable, the commit.
+    pub async fn hooks(&self, db: &Db) -> Result<()> {
+        if self.strategy == Strategy::Restoring {
+            db.batch(
+                "SET LOCAL timescaledb.restoring = off",
+                "leaving restoring mode",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Put back what [`suppress`] removed (in the same transaction).
     pub async fn restore(self, db: &Db) -> Result<()> {
+        self.hooks(db).await?;
         if let Some((chunk, def)) = self.restore {
             db.batch(
                 &def,

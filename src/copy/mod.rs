@@ -20,8 +20,8 @@ use crate::queue::Task;
 pub struct Context {
     pub source: Extension,
     pub target: Extension,
-    /// The target role may set `session_replication_role` (see [`invalidation`]).
-    pub replica_role: bool,
+    /// How continuous-aggregate invalidations are kept out (see [`invalidation`]).
+    pub invalidation: invalidation::Strategy,
     /// `--max-rate`, shared by all workers.
     pub rate: Option<std::sync::Arc<RateLimiter>>,
 }
@@ -108,7 +108,8 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         .ok_or_else(|| Error::Internal(format!("target chunk {t_chunk} vanished")))?;
     let tgt_cols = catalog::relation_columns(tgt, &t_chunk).await?;
     check_columns(&task.chunk, &t_chunk, &src_cols, &tgt_cols)?;
-    let suppressed = invalidation::suppress(tgt, &t_chunk, ctx.replica_role).await?;
+    let quiet = invalidation::suppress(tgt, &t_chunk, ctx.invalidation).await?;
+    quiet.direct_writes(tgt).await?;
 
     let stats = match (&filter, &s_state.compressed) {
         // A whole compressed chunk: batches as they are.
@@ -120,6 +121,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 &task.hypertable,
                 (&task.chunk, &s_state),
                 (&t_chunk, &t_state),
+                &quiet,
             )
             .await?
         }
@@ -132,7 +134,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                     &format!("deleting the batches of {t_compressed}"),
                 )
                 .await?;
-                compressed::decompress(tgt, ctx, &t_chunk).await?;
+                compressed::decompress(tgt, ctx, &t_chunk, &quiet).await?;
             }
             delete_range(tgt, &t_chunk, None).await?;
             copy_rows(
@@ -152,7 +154,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         (Some(f), _) => {
             let was_compressed = t_state.compressed.is_some();
             if was_compressed {
-                compressed::decompress(tgt, ctx, &t_chunk).await?;
+                compressed::decompress(tgt, ctx, &t_chunk, &quiet).await?;
             }
             delete_range(tgt, &t_chunk, Some(f)).await?;
             // Without ONLY, TimescaleDB returns a compressed source chunk's
@@ -174,12 +176,12 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             )
             .await?;
             if was_compressed {
-                compressed::compress(tgt, ctx, &t_chunk).await?;
+                compressed::compress(tgt, ctx, &t_chunk, &quiet).await?;
             }
             stats
         }
     };
-    suppressed.restore(tgt).await?;
+    quiet.restore(tgt).await?;
     Ok(Outcome::Copied {
         rows: stats.rows,
         bytes: stats.bytes,

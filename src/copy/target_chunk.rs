@@ -16,7 +16,7 @@ SELECT (SELECT jsonb_object_agg(d.column_name, jsonb_build_array(ds.range_start,
         JOIN _timescaledb_catalog.dimension d ON d.id = ds.dimension_id
         WHERE x.chunk_id = c.id)
 FROM _timescaledb_catalog.chunk c
-WHERE c.schema_name = $1 AND c.table_name = $2 AND NOT c.dropped
+WHERE c.schema_name = $1 AND c.table_name = $2 AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)
   AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL";
 
 /// Whether `chunk` exists on this side with exactly these slices.
@@ -42,7 +42,7 @@ const CHUNK_BY_SLICES: &str = "\
 SELECT c.schema_name::text, c.table_name::text
 FROM _timescaledb_catalog.chunk c
 JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
-WHERE h.schema_name = $1 AND h.table_name = $2 AND NOT c.dropped
+WHERE h.schema_name = $1 AND h.table_name = $2 AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)
   AND (SELECT jsonb_object_agg(d.column_name, jsonb_build_array(ds.range_start, ds.range_end))
        FROM _timescaledb_catalog.chunk_constraint x
        JOIN _timescaledb_catalog.dimension_slice ds ON ds.id = x.dimension_slice_id

@@ -1,11 +1,15 @@
 //! Connections: parsing connection strings, connecting, session settings,
 //! and a thin wrapper that attaches the side and the operation to every error.
 //!
-//! Connection strings, the environment and the password file behave as in
-//! libpq (`connstr`); TLS, with libpq's sslmode semantics, is rustls
-//! (`tls`). A password never appears in a message, a log line or `Debug`.
+//! Connection strings (`connstr`, resolved in `settings`), the environment
+//! (`env`) and the password file (`pgpass`) behave as in libpq; TLS, with
+//! libpq's sslmode semantics, is rustls (`tls`). A password never appears
+//! in a message, a log line or `Debug`.
 
 mod connstr;
+mod env;
+mod pgpass;
+mod settings;
 mod tls;
 
 use std::path::PathBuf;
@@ -18,7 +22,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Connection, Row, Socket};
 
 use crate::error::{Error, Result, Side};
-use connstr::{HostSpec, ProcessEnv, Secret, Settings, SslMode};
+use env::{Environment, ProcessEnv};
+use pgpass::Password;
+use settings::{HostSpec, Settings, SslMode};
 use tls::{Tls, TlsError, TlsStream};
 
 /// Session settings for every connection that moves or compares data: text
@@ -36,15 +42,6 @@ const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; \
 /// Extra protection on the source: nothing we run there can write.
 // language=PostgreSQL
 const SOURCE_SETUP: &str = "SET default_transaction_read_only = on";
-
-/// A password for one host, and where it came from (for the hint after an
-/// authentication failure).
-#[derive(Clone, Debug)]
-struct Password {
-    secret: Secret,
-    /// The password file and line, when it came from there.
-    file: Option<(PathBuf, usize)>,
-}
 
 type Conn = (Client, Connection<Socket, TlsStream<Socket>>);
 
@@ -90,7 +87,7 @@ impl ConnInfo {
         Self::parse_with(side, conn, &ProcessEnv)
     }
 
-    fn parse_with(side: Side, conn: &str, env: &dyn connstr::Environment) -> Result<Self> {
+    fn parse_with(side: Side, conn: &str, env: &dyn Environment) -> Result<Self> {
         let invalid = |e: String| {
             Error::InvalidArgument(format!(
                 "--{side} is not a valid connection string: {e}. \
@@ -122,7 +119,7 @@ impl ConnInfo {
         } else {
             Tls::new(side, &settings.ssl, home.as_deref()).map_err(Error::InvalidArgument)?
         };
-        let passwords = passwords(&settings);
+        let passwords = pgpass::passwords(&settings);
         Ok(Self {
             side,
             config,
@@ -321,38 +318,6 @@ fn host_port(h: &HostSpec) -> String {
     }
 }
 
-/// The password for each host: the given one, else the password file's.
-fn passwords(s: &Settings) -> Vec<Option<Password>> {
-    if let Some(p) = &s.password {
-        let pw = Password {
-            secret: p.clone(),
-            file: None,
-        };
-        return vec![Some(pw); s.hosts.len()];
-    }
-    let contents = s
-        .passfile
-        .as_deref()
-        .and_then(|f| connstr::read_pgpass(f, s.passfile_explicit));
-    s.hosts
-        .iter()
-        .map(|h| {
-            let (file, contents) = (s.passfile.as_ref()?, contents.as_deref()?);
-            let (line, secret) = connstr::pgpass_lookup(
-                contents,
-                &connstr::pgpass_host(h),
-                &h.port.to_string(),
-                &s.dbname,
-                &s.user,
-            )?;
-            Some(Password {
-                secret,
-                file: Some((file.clone(), line)),
-            })
-        })
-        .collect()
-}
-
 /// Our TLS error somewhere in a connection error's causes.
 fn find_tls_error(e: &tokio_postgres::Error) -> Option<&TlsError> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -449,24 +414,11 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
+    use super::env::FakeEnv;
     use super::*;
 
-    struct Env(Vec<(&'static str, &'static str)>);
-
-    impl connstr::Environment for Env {
-        fn var(&self, name: &str) -> Option<String> {
-            self.0
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        }
-        fn os_user(&self) -> Option<String> {
-            Some("osuser".into())
-        }
-    }
-
     fn parse(s: &str, env: &[(&'static str, &'static str)]) -> Result<ConnInfo> {
-        ConnInfo::parse_with(Side::Target, s, &Env(env.to_vec()))
+        ConnInfo::parse_with(Side::Target, s, &FakeEnv(env.to_vec()))
     }
 
     #[test]

@@ -66,6 +66,31 @@ async fn invalidations(c: &tokio_postgres::Client) -> i64 {
     .get(0)
 }
 
+/// Whether the target logs invalidations in C (TimescaleDB 2.23 and later)
+/// rather than through the `ts_cagg_invalidation_trigger` row trigger.
+async fn invalidations_without_trigger(c: &tokio_postgres::Client) -> bool {
+    c.query_one(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'continuous_agg_invalidation_trigger')",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Invalidations the copy cannot avoid: from 2.23 on, the rows of a
+/// partially compressed chunk must go through the hypertable (only that sets
+/// the partial flag), which records one invalidation for the one partial
+/// chunk of this dataset. Everything else is written with
+/// `timescaledb.restoring` on and records nothing.
+async fn unavoidable(c: &tokio_postgres::Client) -> i64 {
+    if invalidations_without_trigger(c).await {
+        1
+    } else {
+        0
+    }
+}
+
 async fn watermarks(c: &tokio_postgres::Client) -> Vec<(String, i64)> {
     c.query(
         "SELECT user_view_name::text, _timescaledb_functions.cagg_watermark(mat_hypertable_id)
@@ -109,7 +134,7 @@ async fn caggs_mixed_compression_two_level_hierarchy_backfills_to_an_identical_t
     db.copy(&["-p", "4"]).await.assert_ok();
     assert_eq!(
         invalidations(&db.tgt).await,
-        before,
+        before + unavoidable(&db.tgt).await,
         "the copy logged invalidations"
     );
     assert_eq!(
@@ -240,7 +265,8 @@ async fn caggs_copy_as_a_non_superuser_owner_leaves_no_invalidations() {
         c.batch_execute(&format!(
             "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
              GRANT CREATE ON DATABASE {db} TO {role};
-             GRANT ALL ON SCHEMA public TO {role};",
+             GRANT ALL ON SCHEMA public TO {role};
+             GRANT SET ON PARAMETER timescaledb.restoring TO {role};",
             db = c
                 .query_one("SELECT quote_ident(current_database())", &[])
                 .await
@@ -297,17 +323,22 @@ async fn caggs_copy_as_a_non_superuser_owner_leaves_no_invalidations() {
         .assert_ok();
     assert_eq!(
         invalidations(&db.tgt).await,
-        before,
+        before + unavoidable(&db.tgt).await,
         "the copy logged invalidations"
     );
-    // The invalidation trigger is back on every chunk of raw.
+    // Where there is an invalidation trigger, it is back on every chunk of raw.
+    let expected_missing = if invalidations_without_trigger(&db.tgt).await {
+        db.tgt_i64("SELECT count(*) FROM show_chunks('raw')").await
+    } else {
+        0
+    };
     assert_eq!(
         db.tgt_i64(
             "SELECT count(*) FROM show_chunks('raw') c
              WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c AND t.tgname = 'ts_cagg_invalidation_trigger')"
         )
         .await,
-        0
+        expected_missing
     );
     assert_eq!(
         fingerprint(&db.src, "raw").await,

@@ -29,7 +29,7 @@ SELECT c.table_name::text, c.status,
        (SELECT count(*) FROM _timescaledb_catalog.chunk cc WHERE cc.id = c.compressed_chunk_id)::int
 FROM _timescaledb_catalog.chunk c
 JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
-WHERE h.table_name = 'cm' AND NOT c.dropped
+WHERE h.table_name = 'cm' AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)
 ORDER BY (SELECT ds.range_start FROM _timescaledb_catalog.chunk_constraint x
           JOIN _timescaledb_catalog.dimension_slice ds ON ds.id = x.dimension_slice_id
           WHERE x.chunk_id = c.id LIMIT 1)";
@@ -49,7 +49,7 @@ async fn batch_count(c: &tokio_postgres::Client) -> i64 {
            SELECT (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I.%I', cc.schema_name, cc.table_name), false, true, '')))[1]::text::bigint AS n
            FROM _timescaledb_catalog.chunk c JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id
            JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
-           WHERE h.table_name = 'cm' AND NOT c.dropped) x",
+           WHERE h.table_name = 'cm' AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)) x",
         &[],
     )
     .await

@@ -353,7 +353,7 @@ impl Dbs {
 
     /// Number of chunks of all hypertables on the target.
     pub async fn target_chunk_count(&self) -> i64 {
-        self.tgt_i64("SELECT count(*) FROM _timescaledb_catalog.chunk WHERE NOT dropped")
+        self.tgt_i64("SELECT count(*) FROM _timescaledb_catalog.chunk c WHERE NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)")
             .await
     }
 
