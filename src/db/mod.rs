@@ -12,6 +12,7 @@ mod pgpass;
 mod settings;
 mod tls;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, Connection, Row, Socket};
+use tokio_postgres::{Client, Config, Connection, Row, Socket, Statement};
 
 use crate::error::{Error, Result, Side};
 use env::{Environment, ProcessEnv};
@@ -153,7 +154,7 @@ impl ConnInfo {
                 tracing::debug!(%side, error = %e, "connection closed with an error");
             }
         });
-        let db = Db { client, side };
+        let db = Db::new(client, side);
         db.batch(SESSION_SETUP, "setting up the session").await?;
         if side == Side::Source {
             db.batch(SOURCE_SETUP, "setting up the session").await?;
@@ -168,10 +169,7 @@ impl ConnInfo {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(Db {
-            client,
-            side: self.side,
-        })
+        Ok(Db::new(client, self.side))
     }
 
     /// Try the hosts in order (or shuffled with load_balance_hosts=random),
@@ -353,19 +351,52 @@ fn shuffle(v: &mut [usize]) {
 pub struct Db {
     pub client: Client,
     pub side: Side,
+    /// Statements prepared on this connection, by their text: the same
+    /// per-chunk queries run thousands of times, and preparing once saves a
+    /// round trip and the server's parse and plan each time.
+    statements: std::sync::Mutex<HashMap<String, Statement>>,
 }
 
+/// Statements kept per connection at most; the cache starts over past this
+/// (statements that name a chunk are used once).
+const STATEMENT_CACHE: usize = 128;
+
 impl Db {
+    pub(crate) fn new(client: Client, side: Side) -> Db {
+        Db {
+            client,
+            side,
+            statements: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn statement(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
+        let cached = self
+            .statements
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sql)
+            .cloned();
+        if let Some(st) = cached {
+            return Ok(st);
+        }
+        let st = self.client.prepare(sql).await?;
+        let mut cache = self.statements.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= STATEMENT_CACHE {
+            cache.clear();
+        }
+        cache.insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+
     pub async fn query(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
         what: &str,
     ) -> Result<Vec<Row>> {
-        self.client
-            .query(sql, params)
-            .await
-            .map_err(|e| Error::db(self.side, what, e))
+        let run = async { self.client.query(&self.statement(sql).await?, params).await };
+        run.await.map_err(|e| Error::db(self.side, what, e))
     }
 
     pub async fn query_one(
@@ -374,10 +405,12 @@ impl Db {
         params: &[&(dyn ToSql + Sync)],
         what: &str,
     ) -> Result<Row> {
-        self.client
-            .query_one(sql, params)
-            .await
-            .map_err(|e| Error::db(self.side, what, e))
+        let run = async {
+            self.client
+                .query_one(&self.statement(sql).await?, params)
+                .await
+        };
+        run.await.map_err(|e| Error::db(self.side, what, e))
     }
 
     pub async fn query_opt(
@@ -386,10 +419,12 @@ impl Db {
         params: &[&(dyn ToSql + Sync)],
         what: &str,
     ) -> Result<Option<Row>> {
-        self.client
-            .query_opt(sql, params)
-            .await
-            .map_err(|e| Error::db(self.side, what, e))
+        let run = async {
+            self.client
+                .query_opt(&self.statement(sql).await?, params)
+                .await
+        };
+        run.await.map_err(|e| Error::db(self.side, what, e))
     }
 
     pub async fn execute(
@@ -398,10 +433,12 @@ impl Db {
         params: &[&(dyn ToSql + Sync)],
         what: &str,
     ) -> Result<u64> {
-        self.client
-            .execute(sql, params)
-            .await
-            .map_err(|e| Error::db(self.side, what, e))
+        let run = async {
+            self.client
+                .execute(&self.statement(sql).await?, params)
+                .await
+        };
+        run.await.map_err(|e| Error::db(self.side, what, e))
     }
 
     pub async fn batch(&self, sql: &str, what: &str) -> Result<()> {
