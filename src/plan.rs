@@ -34,6 +34,9 @@ pub struct NewTask {
     pub lower: Option<Bound>,
     /// `time < upper`, when `--until` falls strictly inside the chunk.
     pub upper: Option<Bound>,
+    /// 0 for a chunk copied in one task; 1.. for the time sub-ranges of a
+    /// huge chunk split by [`split_huge`].
+    pub part: i32,
 }
 
 /// Choose the chunks that overlap their hypertable's window, newest first (the
@@ -68,9 +71,146 @@ pub fn tasks_for(chunks: &[SourceChunk], windows: &HashMap<TimeType, Window>) ->
             time_type: tt,
             lower,
             upper,
+            part: 0,
         });
     }
     out
+}
+
+/// Chunks smaller than this are never split.
+const SPLIT_MIN_BYTES: i64 = 2 * 1024 * 1024;
+/// A chunk is split when it is this many times the median chunk.
+const SPLIT_FACTOR: i64 = 4;
+/// Parts of a split chunk aim at this many times the median chunk.
+const PART_FACTOR: i64 = 2;
+/// At most this many parts per chunk.
+const MAX_PARTS: i64 = 64;
+
+/// Split chunks far larger than the others into time sub-range tasks, so
+/// that one huge chunk does not leave a single worker copying it alone at
+/// the end of a run. Only whole, uncompressed chunks are split (a compressed
+/// chunk is copied as its batches; a chunk cut by `--until`/`--from` keeps
+/// its bound). Cuts fall on whole seconds (whole days for `date`), assuming
+/// rows spread evenly over the chunk's range; each part deletes and copies
+/// only its own range, in its own transaction.
+pub fn split_huge(tasks: Vec<NewTask>) -> Vec<NewTask> {
+    let mut sizes: Vec<i64> = tasks
+        .iter()
+        .map(|t| t.chunk.size_bytes)
+        .filter(|s| *s > 0)
+        .collect();
+    if sizes.len() < 2 {
+        return tasks;
+    }
+    sizes.sort_unstable();
+    let median = sizes[sizes.len() / 2].max(1);
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let size = t.chunk.size_bytes;
+        let splittable = t.chunk.compressed_chunk.is_none()
+            && t.lower.is_none()
+            && t.upper.is_none()
+            && size > SPLIT_MIN_BYTES
+            && size > SPLIT_FACTOR * median;
+        let parts = (size / (PART_FACTOR * median)).clamp(2, MAX_PARTS);
+        let cuts = if splittable {
+            cut_points(&t, parts)
+        } else {
+            Vec::new()
+        };
+        if cuts.is_empty() {
+            out.push(t);
+            continue;
+        }
+        let mut lower: Option<Bound> = None;
+        for (i, cut) in cuts.iter().chain(std::iter::once(&None)).enumerate() {
+            let mut part = t.clone();
+            part.lower = lower.clone();
+            part.upper = cut.clone();
+            part.part = i as i32 + 1;
+            part.chunk.size_bytes = size / (cuts.len() as i64 + 1);
+            lower = cut.clone();
+            out.push(part);
+        }
+    }
+    out
+}
+
+/// Cut points strictly inside the chunk's time range, on whole units.
+fn cut_points(t: &NewTask, parts: i64) -> Vec<Option<Bound>> {
+    let (start, end) = (t.chunk.time_start, t.chunk.time_end);
+    let unit: i64 = match t.time_type {
+        TimeType::TimestampTz | TimeType::Timestamp => 1_000_000,
+        TimeType::Date => 86_400_000_000,
+        _ => 1,
+    };
+    // Open-ended slices (the first or last chunk of a space) are not split.
+    if start == i64::MIN || end == i64::MAX || end <= start {
+        return Vec::new();
+    }
+    let width = (end as i128 - start as i128) / parts as i128;
+    let mut cuts = Vec::new();
+    let mut last = start;
+    for i in 1..parts {
+        let raw = start as i128 + width * i as i128;
+        let v = (raw.div_euclid(unit as i128) * unit as i128) as i64;
+        if v <= last || v >= end {
+            continue;
+        }
+        let Some(literal) = render(t.time_type, v) else {
+            return Vec::new();
+        };
+        cuts.push(Some(Bound {
+            internal: v,
+            literal,
+        }));
+        last = v;
+    }
+    cuts
+}
+
+/// Canonical text of an internal time value, readable by any server
+/// whatever its DateStyle and TimeZone (ISO, explicit UTC offset). `None`
+/// outside years 1..9999, which are never split.
+pub fn render(tt: TimeType, v: i64) -> Option<String> {
+    if tt.is_integer() {
+        return Some(v.to_string());
+    }
+    const DAY: i64 = 86_400_000_000;
+    let days = v.div_euclid(DAY);
+    let micros = v.rem_euclid(DAY);
+    let (y, m, d) = civil_from_days(days);
+    if !(1..=9999).contains(&y) {
+        return None;
+    }
+    let date = format!("{y:04}-{m:02}-{d:02}");
+    let secs = micros / 1_000_000;
+    let frac = micros % 1_000_000;
+    let time = format!(
+        "{:02}:{:02}:{:02}.{frac:06}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    );
+    Some(match tt {
+        TimeType::Date => date,
+        TimeType::TimestampTz => format!("{date} {time}+00"),
+        _ => format!("{date} {time}"),
+    })
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// The SQL predicate for a task's bounds, or `None` for a whole chunk.
@@ -300,6 +440,84 @@ mod tests {
             upper: None,
         };
         assert_eq!(restage(&whole, &new), Restage::Covered);
+    }
+
+    fn sized(mut c: SourceChunk, size: i64) -> SourceChunk {
+        c.size_bytes = size;
+        c
+    }
+
+    fn ts_chunk(start: i64, end: i64, size: i64) -> NewTask {
+        let mut c = sized(chunk(start, end), size);
+        c.time_type_name = "timestamp with time zone".into();
+        NewTask {
+            chunk: c,
+            time_type: TimeType::TimestampTz,
+            lower: None,
+            upper: None,
+            part: 0,
+        }
+    }
+
+    #[test]
+    fn a_huge_chunk_is_split_into_contiguous_parts_on_whole_seconds() {
+        const DAY: i64 = 86_400_000_000;
+        let t0 = 1_704_067_200_000_000; // 2024-01-01
+        let mut tasks: Vec<NewTask> = (0..10)
+            .map(|i| ts_chunk(t0 + i * DAY, t0 + (i + 1) * DAY, 4 << 20))
+            .collect();
+        tasks.push(ts_chunk(t0 + 10 * DAY, t0 + 11 * DAY, 80 << 20)); // 20x
+        let out = split_huge(tasks);
+        let parts: Vec<&NewTask> = out.iter().filter(|t| t.part > 0).collect();
+        assert_eq!(parts.len(), 10, "80 MiB in parts of ~2x the 4 MiB median");
+        assert!(parts[0].lower.is_none() && parts.last().unwrap().upper.is_none());
+        for w in parts.windows(2) {
+            assert_eq!(w[0].upper, w[1].lower, "parts must be contiguous");
+            let cut = w[0].upper.as_ref().unwrap();
+            assert_eq!(cut.internal % 1_000_000, 0);
+        }
+        assert_eq!(
+            parts[0].upper.as_ref().unwrap().literal,
+            "2024-01-11 02:24:00.000000+00"
+        );
+        assert_eq!(out.iter().filter(|t| t.part == 0).count(), 10);
+    }
+
+    #[test]
+    fn compressed_bounded_small_and_open_ended_chunks_are_not_split() {
+        let mut tasks: Vec<NewTask> = (0..5)
+            .map(|i| ts_chunk(i * 100, (i + 1) * 100, 1 << 20))
+            .collect();
+        let mut compressed = ts_chunk(500, 600, 100 << 20);
+        compressed.chunk.compressed_chunk = Some(QualifiedName::new("s", "c"));
+        let mut bounded = ts_chunk(600, 700, 100 << 20);
+        bounded.upper = Some(b(650));
+        let open = ts_chunk(i64::MIN, 800, 100 << 20);
+        tasks.extend([compressed, bounded, open]);
+        assert!(split_huge(tasks).iter().all(|t| t.part == 0));
+        // Evenly sized chunks: nothing to split.
+        let even: Vec<NewTask> = (0..5)
+            .map(|i| ts_chunk(i * 100, (i + 1) * 100, 50 << 20))
+            .collect();
+        assert!(split_huge(even).iter().all(|t| t.part == 0));
+    }
+
+    #[test]
+    fn render_is_exact_and_iso() {
+        assert_eq!(
+            render(TimeType::TimestampTz, 1_704_067_200_000_001).unwrap(),
+            "2024-01-01 00:00:00.000001+00"
+        );
+        assert_eq!(
+            render(TimeType::Timestamp, -1_000_000).unwrap(),
+            "1969-12-31 23:59:59.000000"
+        );
+        assert_eq!(
+            render(TimeType::Date, 86_400_000_000).unwrap(),
+            "1970-01-02"
+        );
+        assert_eq!(render(TimeType::BigInt, -7).unwrap(), "-7");
+        assert_eq!(render(TimeType::TimestampTz, i64::MAX), None);
     }
 
     #[test]

@@ -194,7 +194,7 @@ pub fn internal_time(tt: TimeType, v: i64) -> String {
     const DAY: i64 = 86_400_000_000;
     let days = v.div_euclid(DAY);
     let micros = v.rem_euclid(DAY);
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = crate::plan::civil_from_days(days);
     let secs = micros / 1_000_000;
     let date = format!("{y:04}-{m:02}-{d:02}");
     if tt == TimeType::Date {
@@ -211,20 +211,6 @@ pub fn internal_time(tt: TimeType, v: i64) -> String {
     } else {
         format!("{date} {time}")
     }
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// The `status` table.
@@ -312,8 +298,13 @@ pub fn print_dry_run(tasks: &[NewTask]) {
             t.lower.as_ref().map(|b| b.literal.as_str()),
             t.upper.as_ref().map(|b| b.literal.as_str()),
         );
+        let part = if t.part > 0 {
+            format!(" part {}", t.part)
+        } else {
+            String::new()
+        };
         line(&format!(
-            "  {} chunk {} [{}, {}) ~{}{}",
+            "  {} chunk {}{part} [{}, {}) ~{}{}",
             t.chunk.hypertable,
             t.chunk.chunk,
             internal_time(t.time_type, t.chunk.time_start),

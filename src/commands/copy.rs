@@ -38,18 +38,18 @@ pub struct CopyReport {
 
 pub enum Event {
     Copied {
-        chunk: QualifiedName,
+        chunk: String,
         rows: u64,
         bytes: u64,
         elapsed: std::time::Duration,
         estimated: u64,
     },
     Skipped {
-        chunk: QualifiedName,
+        chunk: String,
         estimated: u64,
     },
     Failed {
-        chunk: QualifiedName,
+        chunk: String,
         error: String,
         final_attempt: bool,
         attempt: u32,
@@ -61,6 +61,7 @@ pub enum Event {
 #[derive(Clone)]
 struct Tried {
     chunk: QualifiedName,
+    label: String,
     estimated: u64,
     attempts: u32,
 }
@@ -110,6 +111,7 @@ impl CopyJob {
             .entry(task.id)
             .or_insert_with(|| Tried {
                 chunk: task.chunk.clone(),
+                label: task.label(),
                 estimated: task.estimated_bytes.max(0) as u64,
                 attempts: 0,
             });
@@ -165,7 +167,7 @@ impl CopyJob {
                         .map_err(fail)?;
                 }
                 Event::Copied {
-                    chunk: task.chunk.clone(),
+                    chunk: task.label(),
                     rows,
                     bytes,
                     elapsed,
@@ -185,7 +187,7 @@ impl CopyJob {
                     .await
                     .map_err(fail)?;
                 Event::Skipped {
-                    chunk: task.chunk.clone(),
+                    chunk: task.label(),
                     estimated,
                 }
             }
@@ -196,12 +198,14 @@ impl CopyJob {
     async fn failed_inner(&self, c: &Conns, task: i64, error: &Error) -> Result<Event> {
         let Tried {
             chunk,
+            label,
             estimated,
             attempts: attempt,
         } = {
             let mut tried = self.tried.lock().unwrap_or_else(|e| e.into_inner());
             let entry = tried.entry(task).or_insert_with(|| Tried {
                 chunk: QualifiedName::new("?", "?"),
+                label: format!("task {task}"),
                 estimated: 0,
                 attempts: 0,
             });
@@ -217,7 +221,10 @@ impl CopyJob {
                 "the source chunk no longer exists",
             )
             .await?;
-            return Ok(Event::Skipped { chunk, estimated });
+            return Ok(Event::Skipped {
+                chunk: label,
+                estimated,
+            });
         }
         let give_up = !worker::retryable(error) || attempt >= self.max_attempts;
         let text = format!("{error}");
@@ -228,7 +235,7 @@ impl CopyJob {
         };
         queue::record_failure(&c.tgt, task, after, &text).await?;
         Ok(Event::Failed {
-            chunk,
+            chunk: label,
             error: text,
             final_attempt: give_up,
             attempt,

@@ -145,7 +145,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
         cfg.from.as_deref(),
     )
     .await?;
-    let tasks = plan::tasks_for(&chunks, &windows);
+    let tasks = plan::split_huge(plan::tasks_for(&chunks, &windows));
 
     check_target_hypertables(&src, &tgt, &tasks).await?;
     check_compression_settings(&src, &tgt, &tasks).await?;
@@ -180,6 +180,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     let existing = queue::task_windows(&tgt).await?;
     let mut new = Vec::new();
     let mut widened = Vec::new();
+    let mut widened_chunks = std::collections::HashSet::new();
     for t in &tasks {
         let window = TaskWindow {
             lower: t.lower.clone(),
@@ -187,10 +188,25 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
         };
         match existing.get(&t.chunk.chunk) {
             None => new.push((t, window)),
-            Some(old) => match plan::restage(old, &window) {
-                Restage::Covered => report.already_staged += 1,
-                Restage::Widen(w) => widened.push((t, w)),
-            },
+            Some(old) => {
+                // The parts of a split chunk stand for the whole chunk.
+                let chunk_window = if t.part > 0 {
+                    TaskWindow {
+                        lower: None,
+                        upper: None,
+                    }
+                } else {
+                    window
+                };
+                match plan::restage(old, &chunk_window) {
+                    Restage::Covered => report.already_staged += 1,
+                    Restage::Widen(w) => {
+                        if widened_chunks.insert(t.chunk.chunk.clone()) {
+                            widened.push((t, w));
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -208,6 +224,9 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
             .into_iter()
             .collect();
         for c in chunks {
+            if target_of.contains_key(&c.chunk) {
+                continue; // another part of the same chunk
+            }
             let target = match known.get(&c.slices) {
                 Some(t) => Some(t.clone()),
                 None if can_create => {
@@ -265,6 +284,12 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
             upper_literal: w.upper.as_ref().map(|b| b.literal.clone()),
             snapshot: cfg.snapshot.clone(),
             estimated_bytes: t.chunk.size_bytes,
+            // A widened chunk is re-queued as its one task, part 0.
+            part: if widened_chunks.contains(&t.chunk.chunk) {
+                0
+            } else {
+                t.part
+            },
         }
     };
     report.hypertables = new

@@ -12,7 +12,6 @@ use crate::commands::copy::begin_source;
 use crate::copy::Context;
 use crate::db::ConnInfo;
 use crate::error::{Error, Result};
-use crate::ident::QualifiedName;
 use crate::queue::{self, VerifyState};
 use crate::ui;
 use crate::verify::{self, Outcome};
@@ -34,20 +33,14 @@ pub struct VerifyReport {
 }
 
 pub enum Event {
-    Done {
-        chunk: QualifiedName,
-        outcome: Outcome,
-    },
-    Retrying {
-        chunk: QualifiedName,
-        error: String,
-    },
+    Done { chunk: String, outcome: Outcome },
+    Retrying { chunk: String, error: String },
 }
 
 struct VerifyJob {
     ctx: Context,
     /// Chunk and attempts of every task this process tried.
-    tried: Mutex<HashMap<i64, (QualifiedName, u32)>>,
+    tried: Mutex<HashMap<i64, (String, u32)>>,
 }
 
 impl VerifyJob {
@@ -61,7 +54,7 @@ impl VerifyJob {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(task.id)
-            .or_insert_with(|| (task.chunk.clone(), 0));
+            .or_insert_with(|| (task.label(), 0));
         let fail = |error: Error| StepError {
             task: Some(task.id),
             error,
@@ -90,7 +83,7 @@ impl VerifyJob {
             .await
             .map_err(fail)?;
         Ok(Step::Did(Event::Done {
-            chunk: task.chunk,
+            chunk: task.label(),
             outcome,
         }))
     }
@@ -103,7 +96,7 @@ impl VerifyJob {
             let mut tried = self.tried.lock().unwrap_or_else(|e| e.into_inner());
             let entry = tried
                 .entry(task)
-                .or_insert_with(|| (QualifiedName::new("?", "?"), 0));
+                .or_insert_with(|| (format!("task {task}"), 0));
             entry.1 += 1;
             entry.clone()
         };

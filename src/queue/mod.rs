@@ -141,6 +141,7 @@ pub struct StagedTask {
     pub upper_literal: Option<String>,
     pub snapshot: Option<String>,
     pub estimated_bytes: i64,
+    pub part: i32,
 }
 
 /// The windows of the tasks already in the queue, by source chunk.
@@ -202,6 +203,8 @@ pub struct Task {
     pub upper_literal: Option<String>,
     pub snapshot: Option<String>,
     pub estimated_bytes: i64,
+    /// 0: the whole chunk (or its bounded range); 1..: a time sub-range of a split chunk.
+    pub part: i32,
 }
 
 impl Task {
@@ -226,7 +229,17 @@ impl Task {
             upper_literal: r.get(11),
             snapshot: r.get(12),
             estimated_bytes: r.get(13),
+            part: r.get(14),
         })
+    }
+
+    /// The chunk, and its part when split: `"s"."c"` or `"s"."c" (part 3)`.
+    pub fn label(&self) -> String {
+        if self.part > 0 {
+            format!("{} (part {})", self.chunk, self.part)
+        } else {
+            self.chunk.to_string()
+        }
     }
 
     /// The task's row filter, or `None` for the whole chunk.

@@ -7,7 +7,10 @@ pub const SCHEMA: &str = "__hyperfill";
 pub const LOCK_KEY: i64 = 0x6879_7065_7266_696c; // "hyperfil"
 
 /// The versioned migrations, in order.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_queue.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_queue.sql")),
+    (2, include_str!("../../migrations/0002_task_parts.sql")),
+];
 
 // language=PostgreSQL
 pub const SCHEMA_EXISTS: &str = "SELECT to_regclass('__hyperfill.task') IS NOT NULL";
@@ -38,12 +41,16 @@ pub const ADVISORY_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
 // language=PostgreSQL
 pub const DROP_SCHEMA: &str = "DROP SCHEMA IF EXISTS __hyperfill CASCADE";
 
-/// The window of every task: chunk schema, chunk name, lower internal/literal,
-/// upper internal/literal.
+/// The window staged for every chunk: chunk schema, chunk name, lower
+/// internal/literal, upper internal/literal. A split chunk (parts 1..n) was
+/// staged whole.
 // language=PostgreSQL
 pub const TASK_WINDOWS: &str = "\
 SELECT chunk_schema, chunk_name, lower_internal, lower_literal, upper_internal, upper_literal
-FROM __hyperfill.task";
+FROM __hyperfill.task WHERE part = 0
+UNION ALL
+SELECT DISTINCT chunk_schema, chunk_name, NULL::bigint, NULL::text, NULL::bigint, NULL::text
+FROM __hyperfill.task WHERE part > 0";
 
 /// $1 = jsonb array of task objects (keys = column names). Returns one row per
 /// inserted task.
@@ -54,19 +61,19 @@ INSERT INTO __hyperfill.task (
     chunk_schema, chunk_name, target_chunk_schema, target_chunk_name,
     slices, time_column, time_type, range_start, range_end,
     lower_internal, lower_literal, upper_internal, upper_literal,
-    snapshot, estimated_bytes)
+    snapshot, estimated_bytes, part)
 SELECT hypertable_schema, hypertable_name, cagg_schema, cagg_name,
        chunk_schema, chunk_name, target_chunk_schema, target_chunk_name,
        slices, time_column, time_type, range_start, range_end,
        lower_internal, lower_literal, upper_internal, upper_literal,
-       snapshot, estimated_bytes
+       snapshot, estimated_bytes, part
 FROM jsonb_to_recordset($1::jsonb) AS x(
     hypertable_schema text, hypertable_name text, cagg_schema text, cagg_name text,
     chunk_schema text, chunk_name text, target_chunk_schema text, target_chunk_name text,
     slices jsonb, time_column text, time_type text, range_start bigint, range_end bigint,
     lower_internal bigint, lower_literal text, upper_internal bigint, upper_literal text,
-    snapshot text, estimated_bytes bigint)
-ON CONFLICT (chunk_schema, chunk_name) DO NOTHING
+    snapshot text, estimated_bytes bigint, part integer)
+ON CONFLICT (chunk_schema, chunk_name, part) DO NOTHING
 RETURNING id";
 
 /// $1 = jsonb array of {chunk_schema, chunk_name, lower_*, upper_*, snapshot,
@@ -86,14 +93,14 @@ FROM jsonb_to_recordset($1::jsonb) AS x(
     chunk_schema text, chunk_name text,
     lower_internal bigint, lower_literal text, upper_internal bigint, upper_literal text,
     snapshot text, target_chunk_schema text, target_chunk_name text)
-WHERE t.chunk_schema = x.chunk_schema AND t.chunk_name = x.chunk_name";
+WHERE t.chunk_schema = x.chunk_schema AND t.chunk_name = x.chunk_name AND t.part = 0";
 
 /// Columns every claim returns, in `Task::from_row` order.
 macro_rules! task_columns {
     () => {
         "id, hypertable_schema, hypertable_name, chunk_schema, chunk_name, \
          target_chunk_schema, target_chunk_name, slices, time_column, time_type, \
-         lower_literal, upper_literal, snapshot, estimated_bytes"
+         lower_literal, upper_literal, snapshot, estimated_bytes, part"
     };
 }
 

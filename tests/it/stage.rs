@@ -222,3 +222,104 @@ async fn stage_restage_with_later_until_requeues_the_boundary_chunk() {
     db.verify(&[]).await.assert_ok();
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn stage_splits_a_huge_chunk_into_parts_that_copy_and_verify_exactly() {
+    let Some(db) = Dbs::new("stage_split").await else {
+        return;
+    };
+    db.both(
+        "CREATE TABLE skew (time timestamptz NOT NULL, v int, pad text);
+         SELECT create_hypertable('skew', by_range('time', INTERVAL '1 day'));",
+    )
+    .await
+    .unwrap();
+    // Ten ordinary days, then one day with 20 times the rows.
+    db.src
+        .batch_execute(
+            "INSERT INTO skew SELECT t, 1, repeat('x', 100) FROM generate_series('2024-01-01'::timestamptz, '2024-01-10 23:59:59', '20 s') t;
+             INSERT INTO skew SELECT t, 2, repeat('y', 100) FROM generate_series('2024-01-11'::timestamptz, '2024-01-11 23:59:59', '1 s') t;
+             ANALYZE skew;",
+        )
+        .await
+        .unwrap();
+    // Rows already on the target in the huge chunk's range: replaced, not doubled.
+    db.tgt
+        .batch_execute("INSERT INTO skew VALUES ('2024-01-11 12:00:00+00', -1, 'stale')")
+        .await
+        .unwrap();
+    db.stage(&["--until", "2024-02-01"]).await.assert_ok();
+    let parts = db
+        .tgt_i64("SELECT count(*) FROM __hyperfill.task WHERE part > 0")
+        .await;
+    assert!(
+        parts >= 5,
+        "the huge chunk should be split, got {parts} parts"
+    );
+    assert_eq!(
+        db.tgt_i64("SELECT count(DISTINCT chunk_name) FROM __hyperfill.task WHERE part > 0")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.tgt_i64("SELECT count(*) FROM __hyperfill.task WHERE part = 0")
+            .await,
+        10
+    );
+    // Staging again adds nothing.
+    db.stage(&["--until", "2024-02-01"]).await.assert_ok();
+    assert_eq!(
+        db.tgt_i64("SELECT count(*) FROM __hyperfill.task").await,
+        10 + parts
+    );
+
+    db.copy(&["-p", "4"])
+        .await
+        .assert_ok()
+        .assert_contains("(part ");
+    let q = "SELECT count(*) FROM skew";
+    assert_eq!(db.tgt_i64(q).await, db.src_i64(q).await);
+    assert_eq!(
+        db.tgt_i64("SELECT count(*) FROM skew WHERE v = -1").await,
+        0
+    );
+    assert_eq!(
+        db.tgt_i64("SELECT count(DISTINCT time) FROM skew").await,
+        db.src_i64("SELECT count(DISTINCT time) FROM skew").await
+    );
+    db.verify(&[])
+        .await
+        .assert_ok()
+        .assert_contains(&format!("{} match", 10 + parts));
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn stage_upgrades_a_queue_created_by_an_earlier_version() {
+    let Some(db) = Dbs::new("stage_migrate").await else {
+        return;
+    };
+    db.both(METRICS).await.unwrap();
+    db.src.batch_execute(METRICS_DATA).await.unwrap();
+    db.stage(&["--until", "2024-01-03"]).await.assert_ok();
+    // Turn the queue back into schema version 1, as an earlier hyperfill left it.
+    db.tgt
+        .batch_execute(
+            "ALTER TABLE __hyperfill.task DROP CONSTRAINT task_chunk_part_key;
+             ALTER TABLE __hyperfill.task DROP COLUMN part;
+             ALTER TABLE __hyperfill.task ADD CONSTRAINT task_chunk_schema_chunk_name_key UNIQUE (chunk_schema, chunk_name);
+             DELETE FROM __hyperfill.migration WHERE version > 1;",
+        )
+        .await
+        .unwrap();
+    db.stage(&["--until", "2024-01-05"]).await.assert_ok();
+    assert_eq!(
+        db.tgt_i64("SELECT max(version)::bigint FROM __hyperfill.migration")
+            .await,
+        2
+    );
+    assert_eq!(db.tgt_i64("SELECT count(*) FROM __hyperfill.task").await, 8);
+    db.copy(&[]).await.assert_ok();
+    db.verify(&[]).await.assert_ok().assert_contains("8 match");
+    db.cleanup().await;
+}

@@ -87,27 +87,31 @@ async fn setup(name: &str) -> Option<(Dbs, Files, PathBuf)> {
         );
         return None;
     }
-    // The CA: from scripts/lib/clusters.sh env, or the server's own setting
-    // (same machine), with the client files next to it.
-    let ca = match std::env::var("HYPERFILL_TEST_CA") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => {
-            let f: String = db
-                .tgt
-                .query_one("SHOW ssl_ca_file", &[])
-                .await
-                .expect("SHOW ssl_ca_file")
-                .get(0);
-            PathBuf::from(f)
-        }
+    // The CA: the server's own setting when its file is readable here (same
+    // machine: always right, whichever pair of clusters the URLs point at),
+    // else HYPERFILL_TEST_CA from scripts/lib/clusters.sh env; the client
+    // files lie next to it unless named too.
+    let server_ca: String = db
+        .tgt
+        .query_one("SHOW ssl_ca_file", &[])
+        .await
+        .expect("SHOW ssl_ca_file")
+        .get(0);
+    let from_server = !server_ca.is_empty() && Path::new(&server_ca).is_file();
+    let ca = if from_server {
+        PathBuf::from(&server_ca)
+    } else {
+        std::env::var("HYPERFILL_TEST_CA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(&server_ca))
     };
     let dir = ca.parent().map(Path::to_path_buf).unwrap_or_default();
-    let cert = std::env::var("HYPERFILL_TEST_CLIENT_CERT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| dir.join("client.crt"));
-    let key = std::env::var("HYPERFILL_TEST_CLIENT_KEY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| dir.join("client.key"));
+    let named = |var: &str, file: &str| match std::env::var(var) {
+        Ok(p) if !from_server => PathBuf::from(p),
+        _ => dir.join(file),
+    };
+    let cert = named("HYPERFILL_TEST_CLIENT_CERT", "client.crt");
+    let key = named("HYPERFILL_TEST_CLIENT_KEY", "client.key");
     for f in [&ca, &cert, &key] {
         if !f.is_file() {
             skip(
