@@ -182,6 +182,11 @@ pub struct CopyArgs {
     #[arg(long)]
     pub analyze: bool,
 
+    /// First put the chunks that verify found different back in the queue,
+    /// to copy them again
+    #[arg(long)]
+    pub requeue_mismatched: bool,
+
     /// Cap on the data read from the source, all workers together, in bytes
     /// per second (suffixes k, M, G, KiB, MiB, GiB: `--max-rate 20MB`)
     #[arg(long, value_parser = parse_rate)]

@@ -77,6 +77,7 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> Result<serde_json::Value> {
                     max_attempts: a.max_attempts,
                     analyze: a.analyze,
                     max_rate: a.max_rate,
+                    requeue_mismatched: a.requeue_mismatched,
                 },
                 shutdown,
             )

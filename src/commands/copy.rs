@@ -23,6 +23,7 @@ pub struct CopyConfig {
     pub max_attempts: u32,
     pub analyze: bool,
     pub max_rate: Option<u64>,
+    pub requeue_mismatched: bool,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -274,6 +275,12 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             .map(|r| Arc::new(crate::copy::RateLimiter::new(r))),
     };
     catalog::ensure_compatible(&ctx.source, &ctx.target)?;
+    if cfg.requeue_mismatched {
+        let n = queue::requeue_mismatched(&tgt).await?;
+        ui::line(&format!(
+            "Re-queued {n} chunk(s) that verify found different."
+        ));
+    }
     let before = queue::counts(&tgt).await?;
     let todo = before.pending + before.failed;
     if todo == 0 {

@@ -354,6 +354,18 @@ pub async fn complete_verify(db: &Db, id: i64, state: VerifyState, message: &str
     Ok(())
 }
 
+/// Re-queue for copying the tasks whose verification found a difference.
+pub async fn requeue_mismatched(db: &Db) -> Result<u64> {
+    Ok(db
+        .query(
+            sql::REQUEUE_MISMATCHED,
+            &[],
+            "re-queueing mismatched chunks",
+        )
+        .await?
+        .len() as u64)
+}
+
 /// Queue every copied task for verification again.
 pub async fn reset_verify(db: &Db) -> Result<u64> {
     db.execute(sql::RESET_VERIFY, &[], "re-queueing verification")

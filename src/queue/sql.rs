@@ -227,3 +227,11 @@ pub const ACTIVE_SESSIONS: &str = "\
 SELECT count(*) FROM pg_stat_activity
 WHERE datname = current_database() AND application_name = 'hyperfill'
   AND pid <> pg_backend_pid() AND xact_start IS NOT NULL";
+
+/// Put the tasks verify found different back to pending. Returns their ids.
+// language=PostgreSQL
+pub const REQUEUE_MISMATCHED: &str = "\
+UPDATE __hyperfill.task
+SET state = 'pending', verify_state = NULL, verify_message = NULL, verified_at = NULL
+WHERE state = 'done' AND verify_state = 'mismatch'
+RETURNING id";

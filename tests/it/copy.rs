@@ -377,6 +377,18 @@ async fn verify_reports_a_changed_target_and_exits_non_zero() {
     );
     // The recorded mismatch keeps the exit code non-zero on a re-run.
     db.verify(&[]).await.assert_code(7);
+    // Copy the mismatched chunks again, then they verify.
+    db.copy(&["--requeue-mismatched"])
+        .await
+        .assert_ok()
+        .assert_contains("Re-queued 2 chunk(s)")
+        .assert_contains("Copying 2 chunk(s)");
+    db.verify(&[]).await.assert_ok().assert_contains("2 match");
+    assert_eq!(
+        db.tgt_i64("SELECT count(*) FROM metrics").await,
+        db.src_i64("SELECT count(*) FROM metrics WHERE time < '2024-01-03'")
+            .await
+    );
     db.cleanup().await;
 }
 
