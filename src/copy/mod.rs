@@ -47,21 +47,26 @@ pub enum Outcome {
 /// copies its rows decompressed and leaves the target chunk as compressed as
 /// it was.
 pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result<Outcome> {
-    let Some(s_state) = compressed::chunk_state(src, &task.chunk).await? else {
+    // Independent reads run concurrently: tokio-postgres pipelines them on
+    // each connection, and the two sides work at the same time. (Writes stay
+    // strictly in order.)
+    let (s_state, src_cols, mut target) = tokio::try_join!(
+        compressed::chunk_state(src, &task.chunk),
+        catalog::relation_columns(src, &task.chunk),
+        target_chunk::find(
+            tgt,
+            &task.hypertable,
+            task.target_chunk.as_ref(),
+            &task.slices
+        ),
+    )?;
+    let Some(s_state) = s_state else {
         return Ok(Outcome::SourceGone);
     };
-    let mut target = target_chunk::find(
-        tgt,
-        &task.hypertable,
-        task.target_chunk.as_ref(),
-        &task.slices,
-    )
-    .await?;
     if target.is_none() {
         target = target_chunk::try_create(tgt, &ctx.target, &task.hypertable, &task.slices).await?;
     }
     let filter = task.filter();
-    let src_cols = catalog::relation_columns(src, &task.chunk).await?;
 
     let Some(t_chunk) = target else {
         // No chunk with these slices, and this server does not let us create
@@ -103,10 +108,12 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         });
     };
 
-    let t_state = compressed::chunk_state(tgt, &t_chunk)
-        .await?
-        .ok_or_else(|| Error::Internal(format!("target chunk {t_chunk} vanished")))?;
-    let tgt_cols = catalog::relation_columns(tgt, &t_chunk).await?;
+    let (t_state, tgt_cols) = tokio::try_join!(
+        compressed::chunk_state(tgt, &t_chunk),
+        catalog::relation_columns(tgt, &t_chunk),
+    )?;
+    let t_state =
+        t_state.ok_or_else(|| Error::Internal(format!("target chunk {t_chunk} vanished")))?;
     check_columns(&task.chunk, &t_chunk, &src_cols, &tgt_cols)?;
     let quiet = invalidation::suppress(tgt, &t_chunk, ctx.invalidation).await?;
     quiet.direct_writes(tgt).await?;
