@@ -13,7 +13,7 @@
 #    (scripts/lib/clusters.sh start) and take their URLs
 #    (eval "$(scripts/lib/clusters.sh env)"); the same environment variables
 #    apply (HYPERFILL_PG_BINDIR, HYPERFILL_CLUSTER_DIR, HYPERFILL_SOURCE_PORT,
-#    HYPERFILL_TARGET_PORT), so `source /opt/hyperfill-tsl/env.sh` first to
+#    HYPERFILL_TARGET_PORT), so set them (as for scripts/test.sh) first to
 #    run against another pair of clusters.
 #    --no-env skips this and uses HYPERFILL_TEST_SOURCE_URL /
 #    HYPERFILL_TEST_TARGET_URL as they are (your own servers).
