@@ -36,18 +36,25 @@ pub async fn has_slices(db: &Db, chunk: &QualifiedName, slices: &[Slice]) -> Res
 
 /// Target. $1 = hypertable schema, $2 = hypertable table, $3 = slices as
 /// `{"column": [start, end]}`. The chunk of that hypertable with exactly
-/// these slices, if any.
+/// these slices, if any: each slice is found through dimension_slice's
+/// unique (dimension_id, range_start, range_end) index, and the chunk must
+/// hold one per dimension given (a chunk has one slice per dimension).
 // language=PostgreSQL
 const CHUNK_BY_SLICES: &str = "\
 SELECT c.schema_name::text, c.table_name::text
-FROM _timescaledb_catalog.chunk c
-JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
-WHERE h.schema_name = $1 AND h.table_name = $2 AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)
-  AND (SELECT jsonb_object_agg(d.column_name, jsonb_build_array(ds.range_start, ds.range_end))
-       FROM _timescaledb_catalog.chunk_constraint x
-       JOIN _timescaledb_catalog.dimension_slice ds ON ds.id = x.dimension_slice_id
-       JOIN _timescaledb_catalog.dimension d ON d.id = ds.dimension_id
-       WHERE x.chunk_id = c.id) = $3::jsonb
+FROM _timescaledb_catalog.hypertable h
+JOIN _timescaledb_catalog.dimension d ON d.hypertable_id = h.id
+JOIN _timescaledb_catalog.dimension_slice ds
+  ON ds.dimension_id = d.id
+ AND ds.range_start = ($3::jsonb -> d.column_name::text ->> 0)::bigint
+ AND ds.range_end = ($3::jsonb -> d.column_name::text ->> 1)::bigint
+JOIN _timescaledb_catalog.chunk_constraint cc ON cc.dimension_slice_id = ds.id
+JOIN _timescaledb_catalog.chunk c
+  ON c.id = cc.chunk_id AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)
+WHERE h.schema_name = $1 AND h.table_name = $2
+GROUP BY h.id, c.id, c.schema_name, c.table_name
+HAVING count(*) = (SELECT count(*) FROM jsonb_object_keys($3::jsonb))
+   AND count(*) = (SELECT count(*) FROM _timescaledb_catalog.dimension d2 WHERE d2.hypertable_id = h.id)
 LIMIT 1";
 
 /// Create the chunk with these slices in `hypertable` (or return the existing
