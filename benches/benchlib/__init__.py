@@ -1,0 +1,1 @@
+"""Modules of benches/bench.py, the hyperfill benchmark."""

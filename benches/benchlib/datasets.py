@@ -1,0 +1,236 @@
+"""Synthetic source datasets: their SQL, building and caching them in
+hfbench_* databases on the source, and the facts a run reports about them."""
+
+import datetime
+import hashlib
+import time
+
+from .common import log
+
+# Bump when the dataset definition changes in a way the generated SQL does
+# not show (the SQL text itself is part of the cache key anyway).
+DATASET_VERSION = 1
+DB_PREFIX = "hfbench"
+EPOCH_2025 = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
+DAYS = 30
+DEVICES = 32
+PARTITIONS = 4
+# Binary COPY bytes per row of each table, measured on the generated data
+# (they only steer how many rows make `--scale` x 10 MB).
+ROW_BYTES = {"metrics": 52, "events": 177, "ticks": 42}
+# timestamptz bound for stage (after every generated row) and the same in
+# epoch milliseconds for the bigint hypertable.
+UNTIL_TS = "2030-01-01 00:00:00+00"
+UNTIL_MS = "1893456000000"
+TS_FILTER = r"^public\.(metrics|events)$"
+MS_FILTER = r"^public\.ticks$"
+
+SCENARIOS = {
+    "even": "30 days of 1-day chunks: 3 hypertables, 180 chunks of about equal size",
+    "many-small": "the rows of `even` in 2-hour chunks (--small-chunks-per-day): 2,160 chunks",
+    "one-huge": "the bytes of `even`, but one events chunk is 20x every other chunk (--huge-factor)",
+    "compressed": "the rows of `even`, every chunk compressed (licensed TimescaleDB only)",
+}
+
+
+
+def per_day_rows(scenario, scale, huge_factor=20):
+    """Rows per day for each table: {table: [rows of day 0, ..., day 29]}."""
+    total = scale * 10_000_000
+    # `even`: 180 chunks of B bytes each (120 metrics chunks = 30 days x 4
+    # partitions, 30 events and 30 ticks chunks).
+    chunk_bytes = total / 180
+    mult = [1.0] * DAYS
+    ev_mult = [1.0] * DAYS
+    if scenario == "one-huge":
+        # 179 chunks of b and one of 20 b: 199 b = 180 B.
+        base = 180 / (179 + huge_factor)
+        mult = [base] * DAYS
+        ev_mult = [base] * DAYS
+        ev_mult[9] = huge_factor * base
+    return {
+        "metrics": [max(DEVICES, round(PARTITIONS * chunk_bytes * m / ROW_BYTES["metrics"])) for m in mult],
+        "events": [max(1, round(chunk_bytes * m / ROW_BYTES["events"])) for m in ev_mult],
+        "ticks": [max(1, round(chunk_bytes * m / ROW_BYTES["ticks"])) for m in mult],
+    }
+
+
+def dataset_sql(scenario, scale, small_per_day, huge_factor):
+    if scenario == "many-small":
+        hours = 24 // small_per_day
+        iv, iv_ms = f"{hours} hours", hours * 3_600_000
+    else:
+        iv, iv_ms = "1 day", 86_400_000
+    rows = per_day_rows(scenario, scale, huge_factor)
+    day_s, day_ms = 86400, 86_400_000
+    start_ms = int(EPOCH_2025.timestamp() * 1000)
+    # (day, step) per table; the step spreads the day's rows evenly.
+    m_steps = ", ".join(f"({d}, {day_s * DEVICES / r!r})" for d, r in enumerate(rows["metrics"]))
+    e_steps = ", ".join(f"({d}, {day_s / r!r})" for d, r in enumerate(rows["events"]))
+    t_steps = ", ".join(f"({d}, {max(1, day_ms // r)})" for d, r in enumerate(rows["ticks"]))
+    sql = f"""
+\\set ON_ERROR_STOP 1
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS timescaledb;
+SELECT setseed(0.4242);
+
+CREATE TABLE public.metrics (
+    time        timestamptz NOT NULL,
+    device_id   integer     NOT NULL,
+    temperature double precision,
+    humidity    double precision,
+    status      text
+);
+SELECT create_hypertable('public.metrics', 'time', partitioning_column => 'device_id',
+                         number_partitions => {PARTITIONS}, chunk_time_interval => interval '{iv}');
+
+CREATE TABLE public.events (
+    time    timestamptz NOT NULL,
+    kind    text        NOT NULL,
+    payload jsonb,
+    message text
+);
+SELECT create_hypertable('public.events', 'time', chunk_time_interval => interval '{iv}');
+
+-- epoch milliseconds
+CREATE TABLE public.ticks (
+    ts     bigint NOT NULL,
+    symbol text   NOT NULL,
+    price  double precision,
+    volume integer
+);
+SELECT create_hypertable('public.ticks', 'ts', chunk_time_interval => {iv_ms});
+
+-- for measuring the start-up cost of one raw psql | psql pipe
+CREATE TABLE public.hfbench_empty (LIKE public.metrics);
+
+-- {DEVICES} device ids, {DEVICES // PARTITIONS} in each hash partition (the slices split the
+-- hash range [0, 2^31-1) in {PARTITIONS} equal parts), so the metrics chunks are of equal size
+CREATE TEMP TABLE hfbench_devices AS
+SELECT d FROM (
+    SELECT d, row_number() OVER (
+               PARTITION BY least(_timescaledb_functions.get_partition_hash(d) / (2147483647 / {PARTITIONS}),
+                                  {PARTITIONS - 1})
+               ORDER BY d) AS k
+    FROM generate_series(1, 1000) AS d) AS x
+WHERE k <= {DEVICES // PARTITIONS};
+
+INSERT INTO public.metrics
+SELECT t, d,
+       round((20 + 8 * sin(extract(epoch FROM t) / 43200.0 + d) + random())::numeric, 2)::float8,
+       round((55 + 15 * cos(extract(epoch FROM t) / 86400.0 + d / 3.0) + 2 * random())::numeric, 1)::float8,
+       CASE WHEN random() < 0.97 THEN 'ok' WHEN random() < 0.5 THEN 'warn' ELSE 'error' END
+FROM (VALUES {m_steps}) AS v(day, step_s)
+CROSS JOIN LATERAL generate_series(
+    timestamptz '2025-01-01 00:00:00+00' + v.day * interval '1 day',
+    timestamptz '2025-01-01 00:00:00+00' + (v.day + 1) * interval '1 day' - interval '1 microsecond',
+    make_interval(secs => v.step_s)) AS t
+CROSS JOIN (SELECT d FROM hfbench_devices ORDER BY d) AS dev(d);
+
+INSERT INTO public.events
+SELECT t, k.kind,
+       jsonb_build_object('seq', n, 'source', 'sensor-' || (n % 50), 'ok', n % 7 <> 0,
+                          'value', round((random() * 1000)::numeric, 3),
+                          'tags', jsonb_build_array('site-' || (n % 5), k.kind)),
+       'user ' || (n % 500) || ' ' || k.kind || ' object ' || (n % 97) || ' from 10.0.'
+           || (n % 256) || '.' || (n % 13) || ' in ' || round((random() * 300)::numeric, 1) || ' ms'
+FROM (VALUES {e_steps}) AS v(day, step_s)
+CROSS JOIN LATERAL generate_series(
+    timestamptz '2025-01-01 00:00:00+00' + v.day * interval '1 day',
+    timestamptz '2025-01-01 00:00:00+00' + (v.day + 1) * interval '1 day' - interval '1 microsecond',
+    make_interval(secs => v.step_s)) WITH ORDINALITY AS g(t, n)
+CROSS JOIN LATERAL (SELECT (ARRAY['login', 'logout', 'click', 'view', 'purchase', 'error'])[1 + (g.n % 6)::int] AS kind) AS k;
+
+INSERT INTO public.ticks
+SELECT ts, (ARRAY['AAPL', 'MSFT', 'GOOG', 'AMZN', 'TSLA', 'NVDA', 'META', 'IBM'])[1 + (n % 8)::int],
+       round((100 + 50 * sin(ts / 3.6e6) + random())::numeric, 4)::float8,
+       (random() * 1000)::int
+FROM (VALUES {t_steps}) AS v(day, step_ms)
+CROSS JOIN LATERAL generate_series({start_ms}::bigint + v.day * {day_ms}::bigint,
+                                   {start_ms}::bigint + (v.day + 1) * {day_ms}::bigint - 1,
+                                   v.step_ms::bigint) WITH ORDINALITY AS g(ts, n);
+"""
+    if scenario == "compressed":
+        sql += """
+ALTER TABLE public.metrics SET (timescaledb.compress, timescaledb.compress_segmentby = 'device_id',
+                                timescaledb.compress_orderby = 'time DESC');
+ALTER TABLE public.events SET (timescaledb.compress, timescaledb.compress_orderby = 'time DESC');
+ALTER TABLE public.ticks SET (timescaledb.compress, timescaledb.compress_segmentby = 'symbol',
+                              timescaledb.compress_orderby = 'ts DESC');
+SELECT count(public.compress_chunk(c)) FROM public.show_chunks('public.metrics') c;
+SELECT count(public.compress_chunk(c)) FROM public.show_chunks('public.events') c;
+SELECT count(public.compress_chunk(c)) FROM public.show_chunks('public.ticks') c;
+"""
+    return sql
+
+
+def dataset_signature(sql):
+    return f"v{DATASET_VERSION}-" + hashlib.sha256(sql.encode()).hexdigest()[:16]
+
+
+def ensure_dataset(src, scenario, scale, small_per_day, huge_factor, rebuild):
+    db = f"{DB_PREFIX}_{scenario.replace('-', '_')}_src"
+    sql = dataset_sql(scenario, scale, small_per_day, huge_factor)
+    sig = dataset_signature(sql)
+    if not rebuild and src.db_exists(db):
+        have = src.psql(db, "SELECT value FROM public.hfbench_meta WHERE key = 'dataset'", check=False).strip()
+        if have == sig:
+            log(f"{scenario}: source database {db} already built (scale {scale}), reusing it")
+            return db, 0.0
+    log(f"{scenario}: building source database {db} (scale {scale})")
+    t0 = time.monotonic()
+    src.recreate_db(db)
+    src.psql(db, sql)
+    # Hint bits, visibility map and statistics, so that no measured run pays
+    # for the first read of fresh rows.
+    src.psql(db, "VACUUM ANALYZE")
+    # Written last: an interrupted build is rebuilt next time.
+    src.psql(db, f"CREATE TABLE public.hfbench_meta (key text PRIMARY KEY, value text);"
+                 f"INSERT INTO public.hfbench_meta VALUES ('dataset', '{sig}'), ('scale', '{scale}');")
+    took = time.monotonic() - t0
+    log(f"{scenario}: built in {took:.1f}s")
+    return db, took
+
+
+# Source: the relations a raw copy moves, largest first: every chunk whose
+# rows are in its own heap (uncompressed, or partially compressed), and the
+# compressed chunk tables (chunks of the internal compressed hypertables).
+RAW_RELATIONS_SQL = """
+SELECT format('%I.%I', c.schema_name, c.table_name),
+       pg_table_size(format('%I.%I', c.schema_name, c.table_name)::regclass),
+       pg_total_relation_size(format('%I.%I', c.schema_name, c.table_name)::regclass),
+       h.compression_state = 2
+FROM _timescaledb_catalog.chunk c
+JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
+WHERE NOT c.dropped
+  AND NOT (c.compressed_chunk_id IS NOT NULL AND c.status & 8 = 0)
+ORDER BY 2 DESC, 1
+"""
+
+HYPERTABLES = ["metrics", "events", "ticks"]
+
+
+def dataset_facts(src, db):
+    rels = src.rows(db, RAW_RELATIONS_SQL)
+    chunks = int(src.value(db, """
+        SELECT count(*) FROM _timescaledb_catalog.chunk c
+        JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
+        WHERE NOT c.dropped AND h.compression_state <> 2"""))
+    compressed = int(src.value(db, """
+        SELECT count(*) FROM _timescaledb_catalog.chunk
+        WHERE NOT dropped AND compressed_chunk_id IS NOT NULL"""))
+    counts = row_counts(src, db)
+    return {
+        "chunks": chunks,
+        "compressed_chunks": compressed,
+        "raw_relations": [r[0] for r in rels],
+        "raw_relation_count": len(rels),
+        "source_table_bytes": sum(int(r[1]) for r in rels),
+        "source_total_bytes": sum(int(r[2]) for r in rels),
+        "rows": counts,
+    }
+
+
+def row_counts(server, db):
+    q = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM public.{t}" for t in HYPERTABLES)
+    return {r[0]: int(r[1]) for r in server.rows(db, q)}
