@@ -67,6 +67,13 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         target = target_chunk::try_create(tgt, &ctx.target, &task.hypertable, &task.slices).await?;
     }
     let filter = task.filter();
+    // Reading rows (not batches): without ONLY, TimescaleDB returns a
+    // compressed source chunk's rows decompressed, with its uncompressed ones.
+    let only = if s_state.compressed.is_some() {
+        ""
+    } else {
+        "ONLY "
+    };
 
     let Some(t_chunk) = target else {
         // No chunk with these slices, and this server does not let us create
@@ -75,11 +82,6 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         // (Compression and continuous aggregates do not exist there.)
         let ht_cols = catalog::relation_columns(tgt, &task.hypertable).await?;
         check_columns(&task.chunk, &task.hypertable, &src_cols, &ht_cols)?;
-        let only = if s_state.compressed.is_some() {
-            ""
-        } else {
-            "ONLY "
-        };
         let stats = copy_rows(
             ctx,
             src,
@@ -164,13 +166,6 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 compressed::decompress(tgt, ctx, &t_chunk, &quiet).await?;
             }
             delete_range(tgt, &t_chunk, Some(f)).await?;
-            // Without ONLY, TimescaleDB returns a compressed source chunk's
-            // rows decompressed, with its uncompressed ones.
-            let only = if s_state.compressed.is_some() {
-                ""
-            } else {
-                "ONLY "
-            };
             let stats = copy_rows(
                 ctx,
                 src,
