@@ -49,6 +49,11 @@ impl QualifiedName {
         }
     }
 
+    /// A name from two adjacent text columns of a row: schema at `i`, name at `i + 1`.
+    pub fn from_row(row: &tokio_postgres::Row, i: usize) -> Self {
+        Self::new(row.get::<_, String>(i), row.get::<_, String>(i + 1))
+    }
+
     /// The name as SQL text, both parts quoted: `"schema"."name"`.
     pub fn sql(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))

@@ -115,12 +115,7 @@ pub async fn source_watermarks(
         .await?;
     Ok(rows
         .iter()
-        .map(|r| {
-            (
-                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                r.get(2),
-            )
-        })
+        .map(|r| (QualifiedName::from_row(r, 0), r.get(2)))
         .collect())
 }
 
@@ -137,7 +132,7 @@ pub async fn target_caggs(db: &Db) -> Result<Vec<(QualifiedName, i32, Option<Tim
         .map(|r| {
             let tt: Option<String> = r.get(3);
             (
-                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                QualifiedName::from_row(r, 0),
                 r.get(2),
                 tt.as_deref().and_then(TimeType::from_pg),
                 r.get(4),

@@ -233,7 +233,7 @@ pub async fn selected_hypertables(db: &Db, sel: &Selection) -> Result<Vec<Select
     Ok(rows
         .iter()
         .map(|r| SelectedHypertable {
-            hypertable: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            hypertable: QualifiedName::from_row(r, 0),
             cagg: opt_name(r.get(2), r.get(3)),
             time_column: r.get(4),
             time_type_name: r.get(5),
@@ -254,11 +254,11 @@ pub async fn source_chunks(db: &Db, sel: &Selection) -> Result<Vec<SourceChunk>>
         .map(|r| {
             let slices_json: serde_json::Value = r.get(11);
             Ok(SourceChunk {
-                hypertable: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                hypertable: QualifiedName::from_row(r, 0),
                 cagg: opt_name(r.get(2), r.get(3)),
                 time_column: r.get(4),
                 time_type_name: r.get(5),
-                chunk: QualifiedName::new(r.get::<_, String>(6), r.get::<_, String>(7)),
+                chunk: QualifiedName::from_row(r, 6),
                 compressed_chunk: opt_name(r.get(8), r.get(9)),
                 time_start: r.get::<_, i64>(10),
                 time_end: r.get::<_, i64>(12),
@@ -284,10 +284,7 @@ pub async fn target_chunks_by_slices(
     rows.iter()
         .map(|r| {
             let slices_json: serde_json::Value = r.get(2);
-            Ok((
-                parse_slices(&slices_json)?,
-                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-            ))
+            Ok((parse_slices(&slices_json)?, QualifiedName::from_row(r, 0)))
         })
         .collect()
 }

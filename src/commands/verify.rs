@@ -9,7 +9,6 @@ use futures::FutureExt;
 
 use crate::catalog;
 use crate::commands::copy::begin_source;
-use crate::copy::Context;
 use crate::db::ConnInfo;
 use crate::error::{Error, Result};
 use crate::queue::{self, VerifyState};
@@ -38,7 +37,6 @@ pub enum Event {
 }
 
 struct VerifyJob {
-    ctx: Context,
     /// Chunk and attempts of every task this process tried.
     tried: Mutex<HashMap<i64, (String, u32)>>,
 }
@@ -60,7 +58,7 @@ impl VerifyJob {
             error,
         };
         begin_source(&c.src, &task).await.map_err(fail)?;
-        let outcome = verify::verify_task(&c.src, &c.tgt, &self.ctx, &task)
+        let outcome = verify::verify_task(&c.src, &c.tgt, &task)
             .await
             .map_err(fail)?;
         let (state, message) = match &outcome {
@@ -138,13 +136,9 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     let tgt = cfg.target.connect().await?;
     queue::require(&tgt).await?;
     let src = cfg.source.connect().await?;
-    let ctx = Context {
-        source: catalog::extension(&src).await?,
-        target: catalog::extension(&tgt).await?,
-        // verify writes no chunk: no strategy needed.
-        invalidation: crate::copy::invalidation::Strategy::Unavoidable,
-        rate: None,
-    };
+    // Both sides must have TimescaleDB (a clear error otherwise).
+    catalog::extension(&src).await?;
+    catalog::extension(&tgt).await?;
     if cfg.all {
         queue::reset_verify(&tgt).await?;
     }
@@ -183,7 +177,6 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     let pool = tokio::spawn(worker::run(
         pool_cfg,
         Arc::new(VerifyJob {
-            ctx,
             tried: Mutex::new(HashMap::new()),
         }),
         shutdown.clone(),

@@ -61,27 +61,37 @@ async fn call(db: &Db, ext: &Extension, function: &str, chunk: &QualifiedName) -
     Ok(())
 }
 
-/// `compress_chunk` inside a task's transaction (it needs TimescaleDB's hooks).
+/// `compress_chunk` inside a task's transaction.
 pub async fn compress(
     db: &Db,
     ctx: &Context,
     chunk: &QualifiedName,
     quiet: &Suppressed,
 ) -> Result<()> {
-    quiet.hooks(db).await?;
-    call(db, &ctx.target, "compress_chunk", chunk).await?;
-    quiet.direct_writes(db).await
+    with_hooks(db, ctx, "compress_chunk", chunk, quiet).await
 }
 
-/// `decompress_chunk` inside a task's transaction (it needs TimescaleDB's hooks).
+/// `decompress_chunk` inside a task's transaction.
 pub async fn decompress(
     db: &Db,
     ctx: &Context,
     chunk: &QualifiedName,
     quiet: &Suppressed,
 ) -> Result<()> {
+    with_hooks(db, ctx, "decompress_chunk", chunk, quiet).await
+}
+
+/// Call an API function that needs TimescaleDB's hooks, then go back to
+/// direct writes.
+async fn with_hooks(
+    db: &Db,
+    ctx: &Context,
+    function: &str,
+    chunk: &QualifiedName,
+    quiet: &Suppressed,
+) -> Result<()> {
     quiet.hooks(db).await?;
-    call(db, &ctx.target, "decompress_chunk", chunk).await?;
+    call(db, &ctx.target, function, chunk).await?;
     quiet.direct_writes(db).await
 }
 

@@ -102,10 +102,7 @@ pub async fn try_create(
             ));
         }
     };
-    Ok(Some(QualifiedName::new(
-        row.get::<_, String>(0),
-        row.get::<_, String>(1),
-    )))
+    Ok(Some(QualifiedName::from_row(&row, 0)))
 }
 
 /// The target chunk for a task: the recorded one when it still has the same
@@ -128,5 +125,5 @@ pub async fn find(
             &format!("looking up the chunk of {hypertable}"),
         )
         .await?;
-    Ok(row.map(|r| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1))))
+    Ok(row.map(|r| QualifiedName::from_row(&r, 0)))
 }

@@ -157,7 +157,7 @@ pub async fn task_windows(db: &Db) -> Result<HashMap<QualifiedName, TaskWindow>>
         .into_iter()
         .map(|r| {
             (
-                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                QualifiedName::from_row(&r, 0),
                 TaskWindow {
                     lower: bound(r.get(2), r.get(3)),
                     upper: bound(r.get(4), r.get(5)),
@@ -219,8 +219,8 @@ impl Task {
         };
         Ok(Task {
             id: r.get(0),
-            hypertable: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
-            chunk: QualifiedName::new(r.get::<_, String>(3), r.get::<_, String>(4)),
+            hypertable: QualifiedName::from_row(r, 1),
+            chunk: QualifiedName::from_row(r, 3),
             target_chunk,
             slices: parse_slices(&slices)?,
             time_column: r.get(8),
@@ -435,12 +435,7 @@ pub async fn failed_tasks(db: &Db) -> Result<Vec<(QualifiedName, String)>> {
         .await?;
     Ok(rows
         .iter()
-        .map(|r| {
-            (
-                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                r.get(2),
-            )
-        })
+        .map(|r| (QualifiedName::from_row(r, 0), r.get(2)))
         .collect())
 }
 
@@ -484,7 +479,7 @@ pub async fn status(db: &Db, problems: i64) -> Result<Status> {
         .await?
         .iter()
         .map(|r| HypertableStatus {
-            hypertable: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            hypertable: QualifiedName::from_row(r, 0),
             continuous_aggregate: r.get(2),
             pending: r.get(3),
             done: r.get(4),
@@ -502,7 +497,7 @@ pub async fn status(db: &Db, problems: i64) -> Result<Status> {
         .await?
         .iter()
         .map(|r| Problem {
-            chunk: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            chunk: QualifiedName::from_row(r, 0),
             state: r.get(2),
             message: r.get(3),
         })

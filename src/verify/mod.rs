@@ -3,7 +3,6 @@
 
 use crate::catalog::{self, Column};
 use crate::copy::target_chunk;
-use crate::copy::Context;
 use crate::db::Db;
 use crate::error::Result;
 use crate::ident::{quote_ident, QualifiedName};
@@ -160,11 +159,10 @@ fn float_close(
 }
 
 /// Verify one task. Both transactions are open; the caller records the outcome.
-pub async fn verify_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result<Outcome> {
+pub async fn verify_task(src: &Db, tgt: &Db, task: &Task) -> Result<Outcome> {
     if !catalog::chunk_exists(src, &task.chunk).await? {
         return Ok(Outcome::SourceGone);
     }
-    let _ = ctx;
     let src_cols = catalog::relation_columns(src, &task.chunk).await?;
     let filter = task.filter();
     let (sql_src, fields) = summary_query(&task.chunk, &src_cols, filter.as_deref());

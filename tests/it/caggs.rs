@@ -113,18 +113,9 @@ async fn watermarks(c: &tokio_postgres::Client) -> Vec<(String, i64)> {
     .collect()
 }
 
-async fn licensed(name: &str) -> Option<Dbs> {
-    let db = Dbs::new(name).await?;
-    if !db.require_license().await {
-        db.cleanup().await;
-        return None;
-    }
-    Some(db)
-}
-
 #[tokio::test]
 async fn caggs_mixed_compression_two_level_hierarchy_backfills_to_an_identical_target() {
-    let Some(db) = licensed("cagg_full").await else {
+    let Some(db) = Dbs::licensed("cagg_full").await else {
         return;
     };
     db.src.batch_execute(SCHEMA).await.unwrap();
@@ -187,7 +178,7 @@ async fn caggs_mixed_compression_two_level_hierarchy_backfills_to_an_identical_t
 
 #[tokio::test]
 async fn caggs_filter_and_cascade_select_views_for_stage_and_refresh() {
-    let Some(db) = licensed("cagg_filter").await else {
+    let Some(db) = Dbs::licensed("cagg_filter").await else {
         return;
     };
     db.src.batch_execute(SCHEMA).await.unwrap();
@@ -266,7 +257,7 @@ async fn caggs_filter_and_cascade_select_views_for_stage_and_refresh() {
 
 #[tokio::test]
 async fn caggs_copy_as_a_non_superuser_owner_leaves_no_invalidations() {
-    let Some(db) = licensed("cagg_owner").await else {
+    let Some(db) = Dbs::licensed("cagg_owner").await else {
         return;
     };
     let role = "hf_cagg_owner";

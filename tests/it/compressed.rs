@@ -71,15 +71,6 @@ async fn fingerprint(c: &tokio_postgres::Client, filter: &str) -> (i64, String) 
     (row.get(0), row.get(1))
 }
 
-async fn licensed(name: &str) -> Option<Dbs> {
-    let db = Dbs::new(name).await?;
-    if !db.require_license().await {
-        db.cleanup().await;
-        return None;
-    }
-    Some(db)
-}
-
 async fn assert_same(db: &Dbs) {
     assert_eq!(
         fingerprint(&db.src, "").await,
@@ -100,7 +91,7 @@ async fn assert_same(db: &Dbs) {
 
 #[tokio::test]
 async fn compressed_chunks_restored_by_pg_dump_get_the_batches_and_status() {
-    let Some(db) = licensed("cz_pg_dump").await else {
+    let Some(db) = Dbs::licensed("cz_pg_dump").await else {
         return;
     };
     db.src.batch_execute(SCHEMA).await.unwrap();
@@ -120,7 +111,7 @@ async fn compressed_chunks_restored_by_pg_dump_get_the_batches_and_status() {
 
 #[tokio::test]
 async fn compressed_on_the_source_only_creates_compressed_target_chunks_at_stage() {
-    let Some(db) = licensed("cz_source_only").await else {
+    let Some(db) = Dbs::licensed("cz_source_only").await else {
         return;
     };
     db.both(SCHEMA).await.unwrap();
@@ -137,7 +128,7 @@ async fn compressed_on_the_source_only_creates_compressed_target_chunks_at_stage
 
 #[tokio::test]
 async fn compressed_or_decompressed_on_the_source_after_the_target_was_restored() {
-    let Some(db) = licensed("cz_changed_after").await else {
+    let Some(db) = Dbs::licensed("cz_changed_after").await else {
         return;
     };
     db.src.batch_execute(SCHEMA).await.unwrap();
@@ -162,7 +153,7 @@ async fn compressed_or_decompressed_on_the_source_after_the_target_was_restored(
 
 #[tokio::test]
 async fn compressed_until_inside_a_compressed_chunk_keeps_dual_writes_and_compression() {
-    let Some(db) = licensed("cz_until_inside").await else {
+    let Some(db) = Dbs::licensed("cz_until_inside").await else {
         return;
     };
     db.both(SCHEMA).await.unwrap();
@@ -205,7 +196,7 @@ async fn compressed_until_inside_a_compressed_chunk_keeps_dual_writes_and_compre
 
 #[tokio::test]
 async fn compressed_rerun_into_chunks_that_already_hold_batches_never_duplicates() {
-    let Some(db) = licensed("cz_rerun").await else {
+    let Some(db) = Dbs::licensed("cz_rerun").await else {
         return;
     };
     db.both(SCHEMA).await.unwrap();
@@ -231,7 +222,7 @@ async fn compressed_rerun_into_chunks_that_already_hold_batches_never_duplicates
 
 #[tokio::test]
 async fn compressed_settings_that_differ_are_refused_at_stage_with_the_fix() {
-    let Some(db) = licensed("cz_settings").await else {
+    let Some(db) = Dbs::licensed("cz_settings").await else {
         return;
     };
     db.src.batch_execute(SCHEMA).await.unwrap();

@@ -210,13 +210,9 @@ async fn check_reports_extension_schema_tablespaces_and_privileges() {
 
 #[tokio::test]
 async fn check_reports_scheduled_jobs_and_compression_settings_on_licensed_servers() {
-    let Some(db) = Dbs::new("check_licensed").await else {
+    let Some(db) = Dbs::licensed("check_licensed").await else {
         return;
     };
-    if !db.require_license().await {
-        db.cleanup().await;
-        return;
-    }
     db.both(METRICS).await.unwrap();
     db.src
         .batch_execute("ALTER TABLE metrics SET (timescaledb.compress, timescaledb.compress_segmentby = 'device')")

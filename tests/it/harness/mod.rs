@@ -159,6 +159,17 @@ impl Dbs {
         })
     }
 
+    /// Fresh databases on servers with the Timescale license, or `None`
+    /// (loudly skipped, see [`Dbs::require_license`]).
+    pub async fn licensed(name: &str) -> Option<Dbs> {
+        let db = Dbs::new(name).await?;
+        if !db.require_license().await {
+            db.cleanup().await;
+            return None;
+        }
+        Some(db)
+    }
+
     /// Whether both servers carry the Timescale (community) license, needed
     /// for compression and continuous aggregates. Prints loudly when not, and
     /// fails when `HYPERFILL_REQUIRE_LICENSED=1`.
