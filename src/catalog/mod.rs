@@ -181,6 +181,8 @@ pub struct SourceChunk {
     pub time_end: i64,
     /// Every dimension's slice, sorted by column name.
     pub slices: Vec<Slice>,
+    /// The table data (heap and TOAST, no indexes) of the chunk and of its
+    /// compressed chunk: roughly what COPY reads.
     pub size_bytes: i64,
 }
 

@@ -99,7 +99,9 @@ ORDER BY schema_name, table_name"
 /// chunk of the selected hypertables, newest first: hypertable schema and
 /// table, cagg view schema and name, time column, time type, chunk schema and
 /// table, compressed chunk schema and table, time slice start, all slices as
-/// `{"column": [start, end]}`, time slice end, on-disk size in bytes.
+/// `{"column": [start, end]}`, time slice end, size in bytes of the table
+/// data (heap and TOAST of the chunk and of its compressed chunk, without
+/// indexes: what COPY reads, the basis of every bytes-to-move estimate).
 // language=PostgreSQL
 pub const SOURCE_CHUNKS: &str = concat!(
     selection_cte!(),
@@ -112,9 +114,9 @@ SELECT ht.schema_name::text, ht.table_name::text,
        ts.range_start,
        sl.slices,
        ts.range_end,
-       (coalesce(pg_total_relation_size(to_regclass(format('%I.%I', c.schema_name, c.table_name))), 0)
+       (coalesce(pg_table_size(to_regclass(format('%I.%I', c.schema_name, c.table_name))), 0)
         + CASE WHEN cc.id IS NULL THEN 0
-               ELSE coalesce(pg_total_relation_size(to_regclass(format('%I.%I', cc.schema_name, cc.table_name))), 0) END)::bigint
+               ELSE coalesce(pg_table_size(to_regclass(format('%I.%I', cc.schema_name, cc.table_name))), 0) END)::bigint
 FROM ht
 JOIN _timescaledb_catalog.chunk c ON c.hypertable_id = ht.id AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false) AND NOT c.osm_chunk
 JOIN _timescaledb_catalog.chunk_constraint tcc ON tcc.chunk_id = c.id

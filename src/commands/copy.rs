@@ -1,14 +1,15 @@
 //! `copy`: run the queue with N workers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::catalog;
-use crate::copy::{self, Context, Outcome};
+use crate::copy::{self, Context, CopyStats, Outcome};
 use crate::db::{ConnInfo, Db};
 use crate::error::{Error, Result};
 use crate::ident::{quote_literal, QualifiedName};
@@ -26,30 +27,52 @@ pub struct CopyConfig {
     pub requeue_mismatched: bool,
 }
 
+/// What a copy run did. Task counts are tasks (a chunk split into parts has
+/// one task per part); `rows` are logical rows (for compressed chunks, the
+/// rows their batches hold), `batches` the compressed batches among them,
+/// `bytes` the COPY data read from the source.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct CopyReport {
     pub copied: u64,
     pub skipped: u64,
     pub failed: u64,
     pub rows: u64,
+    pub batches: u64,
     pub bytes: u64,
     pub seconds: f64,
+    /// Tasks still pending in the queue afterwards.
     pub remaining: u64,
+    /// The same figures per hypertable, in name order.
+    pub hypertables: Vec<HypertableCopy>,
+}
+
+/// One hypertable's share of a copy run.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct HypertableCopy {
+    pub hypertable: QualifiedName,
+    pub copied: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub rows: u64,
+    pub batches: u64,
+    pub bytes: u64,
 }
 
 pub enum Event {
     Copied {
+        hypertable: QualifiedName,
         chunk: String,
-        rows: u64,
-        bytes: u64,
+        stats: CopyStats,
         elapsed: std::time::Duration,
         estimated: u64,
     },
     Skipped {
+        hypertable: QualifiedName,
         chunk: String,
         estimated: u64,
     },
     Failed {
+        hypertable: QualifiedName,
         chunk: String,
         error: String,
         final_attempt: bool,
@@ -61,6 +84,7 @@ pub enum Event {
 /// What this process knows of a task it tried.
 #[derive(Clone)]
 struct Tried {
+    hypertable: QualifiedName,
     chunk: QualifiedName,
     label: String,
     estimated: u64,
@@ -111,6 +135,7 @@ impl CopyJob {
             .unwrap_or_else(|e| e.into_inner())
             .entry(task.id)
             .or_insert_with(|| Tried {
+                hypertable: task.hypertable.clone(),
                 chunk: task.chunk.clone(),
                 label: task.label(),
                 estimated: task.estimated_bytes.max(0) as u64,
@@ -129,20 +154,20 @@ impl CopyJob {
             .map_err(fail)?;
         let event = match outcome {
             Outcome::Copied {
-                rows,
-                bytes,
+                stats,
                 target_chunk,
             } => {
                 let elapsed = clock.elapsed();
                 let message = format!(
-                    "copied {} rows, {} in {}",
-                    rows,
-                    ui::bytes(bytes),
+                    "copied {}, {} in {}",
+                    rows_text(&stats),
+                    ui::bytes(stats.bytes),
                     ui::duration(elapsed)
                 );
                 let done = CopyDone {
-                    rows: rows as i64,
-                    bytes: bytes as i64,
+                    rows: stats.rows as i64,
+                    batches: (stats.batches > 0).then_some(stats.batches as i64),
+                    bytes: stats.bytes as i64,
                     started,
                     message: &message,
                     target_chunk: target_chunk.as_ref(),
@@ -168,9 +193,9 @@ impl CopyJob {
                         .map_err(fail)?;
                 }
                 Event::Copied {
+                    hypertable: task.hypertable.clone(),
                     chunk: task.label(),
-                    rows,
-                    bytes,
+                    stats,
                     elapsed,
                     estimated,
                 }
@@ -188,6 +213,7 @@ impl CopyJob {
                     .await
                     .map_err(fail)?;
                 Event::Skipped {
+                    hypertable: task.hypertable.clone(),
                     chunk: task.label(),
                     estimated,
                 }
@@ -198,6 +224,7 @@ impl CopyJob {
 
     async fn failed_inner(&self, c: &Conns, task: i64, error: &Error) -> Result<Event> {
         let Tried {
+            hypertable,
             chunk,
             label,
             estimated,
@@ -205,6 +232,7 @@ impl CopyJob {
         } = {
             let mut tried = self.tried.lock().unwrap_or_else(|e| e.into_inner());
             let entry = tried.entry(task).or_insert_with(|| Tried {
+                hypertable: QualifiedName::new("?", "?"),
                 chunk: QualifiedName::new("?", "?"),
                 label: format!("task {task}"),
                 estimated: 0,
@@ -223,6 +251,7 @@ impl CopyJob {
             )
             .await?;
             return Ok(Event::Skipped {
+                hypertable,
                 chunk: label,
                 estimated,
             });
@@ -236,6 +265,7 @@ impl CopyJob {
         };
         queue::record_failure(&c.tgt, task, after, &text).await?;
         Ok(Event::Failed {
+            hypertable,
             chunk: label,
             error: text,
             final_attempt: give_up,
@@ -262,10 +292,87 @@ impl Job for CopyJob {
     }
 }
 
+/// `197,504 rows`, or `197,504 rows (in 214 compressed batches)`.
+pub fn rows_text(stats: &CopyStats) -> String {
+    if stats.batches > 0 {
+        format!(
+            "{} rows (in {} compressed batches)",
+            ui::count(stats.rows),
+            ui::count(stats.batches)
+        )
+    } else {
+        format!("{} rows", ui::count(stats.rows))
+    }
+}
+
+/// `12 task(s) for 10 chunk(s) (1 split into parts)`; `3 chunk(s)` when
+/// every task is a whole chunk.
+pub fn tasks_text(tasks: u64, chunks: u64, split: u64) -> String {
+    if split == 0 && tasks == chunks {
+        format!("{} chunk(s)", ui::count(tasks))
+    } else if split == 0 {
+        format!(
+            "{} task(s) for {} chunk(s)",
+            ui::count(tasks),
+            ui::count(chunks)
+        )
+    } else {
+        format!(
+            "{} task(s) for {} chunk(s) ({} split into parts)",
+            ui::count(tasks),
+            ui::count(chunks),
+            ui::count(split)
+        )
+    }
+}
+
+/// Per hypertable, what is known of the bytes to move: the source's table
+/// sizes of the tasks not finished yet, and of the finished ones with the
+/// bytes they moved (to project the rest, as `status` does).
+#[derive(Default)]
+struct Tally {
+    estimated_left: i64,
+    estimated_done: i64,
+    bytes_done: i64,
+}
+
+struct Projection {
+    tallies: HashMap<QualifiedName, Tally>,
+    /// Bytes moved by the tasks this run finished.
+    finished: u64,
+}
+
+impl Projection {
+    fn finish(&mut self, hypertable: &QualifiedName, estimated: u64, moved: Option<u64>) {
+        let t = self.tallies.entry(hypertable.clone()).or_default();
+        t.estimated_left = (t.estimated_left - estimated as i64).max(0);
+        if let Some(b) = moved {
+            t.estimated_done += estimated as i64;
+            t.bytes_done += b as i64;
+            self.finished += b;
+        }
+    }
+
+    /// The bytes this run moves in all: what it moved for finished tasks
+    /// plus the projection of the rest.
+    fn total(&self) -> u64 {
+        self.finished
+            + self
+                .tallies
+                .values()
+                .map(|t| {
+                    queue::projected_bytes_left(t.estimated_left, t.estimated_done, t.bytes_done)
+                        .max(0) as u64
+                })
+                .sum::<u64>()
+    }
+}
+
 pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let tgt = cfg.target.connect().await?;
     queue::require(&tgt).await?;
     let src = cfg.source.connect().await?;
+    let moved = Arc::new(AtomicU64::new(0));
     let ctx = Context {
         source: catalog::extension(&src).await?,
         target: catalog::extension(&tgt).await?,
@@ -273,23 +380,45 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         rate: cfg
             .max_rate
             .map(|r| Arc::new(crate::copy::RateLimiter::new(r))),
+        moved: Some(moved.clone()),
     };
     catalog::ensure_compatible(&ctx.source, &ctx.target)?;
+    // The queue may predate this release: bring its schema up to date.
+    queue::migrate(&tgt).await?;
     if cfg.requeue_mismatched {
         let n = queue::requeue_mismatched(&tgt).await?;
         ui::line(&format!(
-            "Re-queued {n} chunk(s) that verify found different."
+            "Re-queued {n} task(s) that verify found different."
         ));
     }
     let before = queue::counts(&tgt).await?;
     let todo = before.pending + before.failed;
     if todo == 0 {
         ui::line(&format!(
-            "Nothing to copy: all {} staged chunk(s) are done or skipped. Use `stage` to add more.",
+            "Nothing to copy: all {} staged task(s) are done or skipped. Use `stage` to add more.",
             before.total()
         ));
         return Ok(CopyReport::default());
     }
+    let (chunks, split) = queue::chunks_to_copy(&tgt).await?;
+    let mut projection = Projection {
+        tallies: queue::status(&tgt, 0)
+            .await?
+            .hypertables
+            .iter()
+            .map(|h| {
+                (
+                    h.hypertable.clone(),
+                    Tally {
+                        estimated_left: h.source_bytes_left,
+                        estimated_done: h.source_bytes_done,
+                        bytes_done: h.bytes_copied,
+                    },
+                )
+            })
+            .collect(),
+        finished: 0,
+    };
     let run_started: SystemTime = tgt
         .query_one("SELECT now()", &[], "reading the clock")
         .await?
@@ -298,10 +427,10 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
 
     let workers = cfg.parallelism.min(todo as usize).max(1);
     ui::line(&format!(
-        "Copying {} chunk(s) (~{} on the source) with {} worker(s)",
-        ui::count(todo),
-        ui::bytes(before.estimated_bytes_pending.max(0) as u64),
-        workers
+        "Copying {} with {} worker(s): ~{} to move (projected from the source's table sizes)",
+        tasks_text(todo, chunks, split),
+        workers,
+        ui::bytes(projection.total()),
     ));
     let job = Arc::new(CopyJob {
         ctx,
@@ -321,43 +450,76 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let pool = tokio::spawn(worker::run(pool_cfg, job, shutdown.clone(), tx));
 
     let mut report = CopyReport::default();
-    let progress = ui::Progress::new(
-        "copying",
-        todo,
-        Some(before.estimated_bytes_pending.max(0) as u64),
-    );
+    let mut per_ht: BTreeMap<QualifiedName, HypertableCopy> = BTreeMap::new();
+    let progress = ui::Progress::new("copying", todo, Some(projection.total()));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut n = 0u64;
-    while let Some(ev) = rx.recv().await {
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+            _ = tick.tick() => {
+                progress.bytes(moved.load(Ordering::Relaxed), projection.total());
+                continue;
+            }
+        };
         match ev {
             Event::Copied {
+                hypertable,
                 chunk,
-                rows,
-                bytes,
+                stats,
                 elapsed,
                 estimated,
             } => {
                 n += 1;
                 report.copied += 1;
-                report.rows += rows;
-                report.bytes += bytes;
-                progress.advance(estimated);
+                report.rows += stats.rows;
+                report.batches += stats.batches;
+                report.bytes += stats.bytes;
+                let h = per_ht
+                    .entry(hypertable.clone())
+                    .or_insert_with(|| HypertableCopy {
+                        hypertable: hypertable.clone(),
+                        ..Default::default()
+                    });
+                h.copied += 1;
+                h.rows += stats.rows;
+                h.batches += stats.batches;
+                h.bytes += stats.bytes;
+                projection.finish(&hypertable, estimated, Some(stats.bytes));
+                progress.advance();
                 progress.line(&format!(
-                    "[{n}/{todo}] Copied chunk {chunk}: {} rows, {} in {}{}",
-                    ui::count(rows),
-                    ui::bytes(bytes),
+                    "[{n}/{todo}] Copied chunk {chunk}: {}, {} in {}{}",
+                    rows_text(&stats),
+                    ui::bytes(stats.bytes),
                     ui::duration(elapsed),
-                    ui::rate(bytes, elapsed)
+                    ui::rate(stats.bytes, elapsed)
                 ));
             }
-            Event::Skipped { chunk, estimated } => {
+            Event::Skipped {
+                hypertable,
+                chunk,
+                estimated,
+            } => {
                 n += 1;
                 report.skipped += 1;
-                progress.advance(estimated);
+                per_ht
+                    .entry(hypertable.clone())
+                    .or_insert_with(|| HypertableCopy {
+                        hypertable: hypertable.clone(),
+                        ..Default::default()
+                    })
+                    .skipped += 1;
+                projection.finish(&hypertable, estimated, None);
+                progress.advance();
                 progress.line(&format!(
                     "[{n}/{todo}] Skipped chunk {chunk}: it no longer exists on the source"
                 ));
             }
             Event::Failed {
+                hypertable,
                 chunk,
                 error,
                 final_attempt,
@@ -367,7 +529,15 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                 if final_attempt {
                     n += 1;
                     report.failed += 1;
-                    progress.advance(estimated);
+                    per_ht
+                        .entry(hypertable.clone())
+                        .or_insert_with(|| HypertableCopy {
+                            hypertable: hypertable.clone(),
+                            ..Default::default()
+                        })
+                        .failed += 1;
+                    projection.finish(&hypertable, estimated, None);
+                    progress.advance();
                     progress.line(&format!(
                         "[{n}/{todo}] FAILED chunk {chunk} (attempt {attempt}): {error}"
                     ));
@@ -378,12 +548,14 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                 }
             }
         }
+        progress.bytes(moved.load(Ordering::Relaxed), projection.total());
     }
     progress.finish();
     let pool_result = pool
         .await
         .unwrap_or_else(|e| Err(Error::Internal(format!("the worker pool crashed: {e}"))));
     report.seconds = clock.elapsed().as_secs_f64();
+    report.hypertables = per_ht.into_values().collect();
 
     // The queue is the truth (other copy processes may share it).
     let after = match cfg.target.connect().await {
@@ -397,22 +569,13 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             // other copy processes, or by sessions the server has not yet
             // seen close (a killed copy's, for a moment).
             ui::line(&format!(
-                "{} chunk(s) are still being copied by another copy process (see `hyperfill status`); \
+                "{} task(s) are still being copied by another copy process (see `hyperfill status`); \
                  run copy again if none is running.",
                 c.pending
             ));
         }
     }
-    ui::line(&format!(
-        "Copied {} from {} chunk(s) ({} rows) in {}{}; {} skipped, {} failed.",
-        ui::bytes(report.bytes),
-        ui::count(report.copied),
-        ui::count(report.rows),
-        ui::duration(clock.elapsed()),
-        ui::rate(report.bytes, clock.elapsed()),
-        report.skipped,
-        report.failed,
-    ));
+    print_summary(&report, clock.elapsed());
     pool_result?;
     if shutdown.graceful.is_cancelled() && report.remaining > 0 {
         return Err(Error::Interrupted);
@@ -422,9 +585,52 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             for (chunk, err) in failed.iter().take(20) {
                 ui::line(&format!("  failed: {chunk}: {err}"));
             }
-            return Err(Error::TasksFailed { failed: c.failed });
+            return Err(Error::TasksFailed {
+                failed: c.failed,
+                report: serde_json::to_value(&report).unwrap_or_default(),
+            });
         }
     }
     ui::line("Execute the 'verify' command to check the copied data.");
     Ok(report)
+}
+
+/// The closing lines: totals, then one line per hypertable when there are
+/// several.
+fn print_summary(report: &CopyReport, elapsed: Duration) {
+    let totals = CopyStats {
+        rows: report.rows,
+        batches: report.batches,
+        bytes: report.bytes,
+    };
+    ui::line(&format!(
+        "Copied {}, {}, in {} task(s) in {}{}; {} skipped, {} failed.",
+        rows_text(&totals),
+        ui::bytes(report.bytes),
+        ui::count(report.copied),
+        ui::duration(elapsed),
+        ui::rate(report.bytes, elapsed),
+        report.skipped,
+        report.failed,
+    ));
+    if report.hypertables.len() > 1 {
+        for h in &report.hypertables {
+            let stats = CopyStats {
+                rows: h.rows,
+                batches: h.batches,
+                bytes: h.bytes,
+            };
+            let mut line = format!(
+                "  {}: {}, {} in {} task(s)",
+                h.hypertable,
+                rows_text(&stats),
+                ui::bytes(h.bytes),
+                ui::count(h.copied)
+            );
+            if h.skipped > 0 || h.failed > 0 {
+                line.push_str(&format!("; {} skipped, {} failed", h.skipped, h.failed));
+            }
+            ui::line(&line);
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! The streaming COPY pipe: source `COPY ... TO STDOUT` into target
 //! `COPY ... FROM STDIN`, with bounded memory.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 
@@ -49,7 +51,8 @@ pub struct PipeStats {
 
 /// Run `copy_out` on the source and feed it to `copy_in` on the target. Both
 /// statements must use the same format and column list. Errors name the side
-/// that failed and `what`.
+/// that failed and `what`. `moved`, when given, is increased by every byte
+/// read from the source as it arrives.
 pub async fn pipe(
     src: &Db,
     tgt: &Db,
@@ -57,6 +60,7 @@ pub async fn pipe(
     copy_in: &str,
     what: &str,
     rate: Option<&RateLimiter>,
+    moved: Option<&AtomicU64>,
 ) -> Result<PipeStats> {
     let sink = tgt
         .client
@@ -77,6 +81,9 @@ pub async fn pipe(
         let data =
             data.map_err(|e| Error::db(src.side, format!("reading COPY data of {what}"), e))?;
         bytes += data.len() as u64;
+        if let Some(m) = moved {
+            m.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         buf.extend_from_slice(&data);
         if buf.len() >= BUFFER {
             if let Some(r) = rate {

@@ -76,7 +76,7 @@ async fn stage_twice_never_duplicates_and_creates_missing_target_chunks() {
     db.stage(&["--until", "2024-01-05 12:00+00"])
         .await
         .assert_ok()
-        .assert_contains("Skipping 10 chunk(s)");
+        .assert_contains("Skipping 10 task(s)");
     assert_eq!(
         db.tgt_i64("SELECT count(*) FROM __hyperfill.task").await,
         10
