@@ -56,18 +56,27 @@ impl Extension {
 
 /// Read the timescaledb extension of one side.
 pub async fn extension(db: &Db) -> Result<Extension> {
-    let row = db
-        .query_opt(sql::EXTENSION, &[], "reading the timescaledb extension")
-        .await?;
-    let Some(row) = row else {
-        return Err(Error::Precondition {
+    match extension_opt(db).await? {
+        Some(e) => Ok(e),
+        None => Err(Error::Precondition {
             side: db.side,
             message: "the timescaledb extension is not installed in this database. \
                  Connect to the database that holds the hypertables, or run \
                  `CREATE EXTENSION timescaledb` there (on the target, restore the \
                  source's schema with pg_dump first)"
                 .to_string(),
-        });
+        }),
+    }
+}
+
+/// Read the timescaledb extension of one side; `None` when the database
+/// does not have it.
+pub async fn extension_opt(db: &Db) -> Result<Option<Extension>> {
+    let row = db
+        .query_opt(sql::EXTENSION, &[], "reading the timescaledb extension")
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
     };
     let version_text: String = row.get(0);
     let schema: String = row.get(1);
@@ -77,13 +86,13 @@ pub async fn extension(db: &Db) -> Result<Extension> {
         side: db.side,
         message: format!("cannot understand the timescaledb version '{version_text}'"),
     })?;
-    Ok(Extension {
+    Ok(Some(Extension {
         version_text,
         version,
         schema,
         functions_schema,
         license,
-    })
+    }))
 }
 
 /// Source and target must run exactly the same TimescaleDB release.

@@ -325,3 +325,116 @@ async fn verify_mismatches_are_in_the_json_with_counts_and_columns() {
     assert_eq!(v["result"]["mismatches"][0]["chunk"], m["chunk"]);
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn check_without_timescaledb_is_a_finding_with_exit_3() {
+    let Some(db) = Dbs::new("num_check_no_ext").await else {
+        return;
+    };
+    db.tgt
+        .batch_execute("DROP EXTENSION timescaledb CASCADE")
+        .await
+        .unwrap();
+    let version: String = db
+        .src
+        .query_one(
+            "SELECT extversion::text FROM pg_extension WHERE extname = 'timescaledb'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let r = db
+        .run(&["check", "--source", "{S}", "--target", "{T}"])
+        .await;
+    r.assert_code(3)
+        .assert_contains(
+            "ERROR   [extension-missing] target: the timescaledb extension is not installed",
+        )
+        .assert_contains(&format!("CREATE EXTENSION timescaledb VERSION '{version}'"))
+        .assert_contains("target not installed");
+    let r = db
+        .run(&[
+            "check", "--source", "{S}", "--target", "{T}", "--output", "json",
+        ])
+        .await;
+    r.assert_code(3);
+    let v = json(&r);
+    let f = &v["result"]["findings"][0];
+    assert_eq!(
+        (
+            f["code"].as_str(),
+            f["side"].as_str(),
+            f["severity"].as_str()
+        ),
+        (Some("extension-missing"), Some("target"), Some("error")),
+        "{v}"
+    );
+    db.cleanup().await;
+}
+
+const CAGG: &str = "
+CREATE MATERIALIZED VIEW metrics_hourly_average_per_device_for_the_operations_dashboard
+WITH (timescaledb.continuous) AS
+SELECT time_bucket('1 hour', time) AS bucket, device, avg(v) AS v FROM metrics GROUP BY 1, 2
+WITH NO DATA;
+";
+
+#[tokio::test]
+async fn check_and_status_name_a_continuous_aggregate_by_its_view() {
+    let Some(db) = Dbs::licensed("num_cagg_names").await else {
+        return;
+    };
+    db.both(METRICS).await.unwrap();
+    db.both(CAGG).await.unwrap();
+    db.src.batch_execute(METRICS_DATA).await.unwrap();
+    db.src
+        .batch_execute(
+            "CALL refresh_continuous_aggregate('metrics_hourly_average_per_device_for_the_operations_dashboard', NULL, '2024-01-05')",
+        )
+        .await
+        .unwrap();
+    db.tgt
+        .batch_execute(
+            "SELECT add_continuous_aggregate_policy('metrics_hourly_average_per_device_for_the_operations_dashboard',
+                 start_offset => NULL, end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '1 day')",
+        )
+        .await
+        .unwrap();
+    let r = db
+        .run(&["check", "--source", "{S}", "--target", "{T}"])
+        .await;
+    r.assert_contains(
+        "on continuous aggregate public.metrics_hourly_average_per_device_for_the_operations_dashboard)",
+    );
+    assert!(
+        !r.all()
+            .contains("on \"_timescaledb_internal\".\"_materialized_hypertable_"),
+        "{}",
+        r.all()
+    );
+
+    db.stage(&["--until", "2024-01-05"]).await.assert_ok();
+    let r = db.run(&["status", "--target", "{T}"]).await;
+    r.assert_ok();
+    // Every line of the table has the same width, whatever the names' lengths.
+    let table: Vec<&str> = r
+        .stdout
+        .lines()
+        .take_while(|l| !l.starts_with("hyperfill sessions") && !l.starts_with("Rows are"))
+        .collect();
+    assert_eq!(table.len(), 5, "{}", r.stdout);
+    let width = table[1].chars().count();
+    for l in &table {
+        assert_eq!(
+            l.chars().count(),
+            width,
+            "misaligned line {l:?} in\n{}",
+            r.stdout
+        );
+    }
+    assert!(table.iter().any(|l| l.starts_with(
+        "public.metrics_hourly_average_per_device_for_the_operations_dashboard (continuous aggregate)"
+    )));
+    db.cleanup().await;
+}
