@@ -50,6 +50,8 @@ pub struct CopyReport {
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct HypertableCopy {
     pub hypertable: QualifiedName,
+    /// The view, when the hypertable materializes a continuous aggregate.
+    pub continuous_aggregate: Option<String>,
     pub copied: u64,
     pub skipped: u64,
     pub failed: u64,
@@ -401,10 +403,13 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         return Ok(CopyReport::default());
     }
     let (chunks, split) = queue::chunks_to_copy(&tgt).await?;
+    let queued = queue::status(&tgt, 0).await?.hypertables;
+    let caggs: HashMap<QualifiedName, String> = queued
+        .iter()
+        .filter_map(|h| Some((h.hypertable.clone(), h.continuous_aggregate.clone()?)))
+        .collect();
     let mut projection = Projection {
-        tallies: queue::status(&tgt, 0)
-            .await?
-            .hypertables
+        tallies: queued
             .iter()
             .map(|h| {
                 (
@@ -555,7 +560,13 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         .await
         .unwrap_or_else(|e| Err(Error::Internal(format!("the worker pool crashed: {e}"))));
     report.seconds = clock.elapsed().as_secs_f64();
-    report.hypertables = per_ht.into_values().collect();
+    report.hypertables = per_ht
+        .into_values()
+        .map(|mut h| {
+            h.continuous_aggregate = caggs.get(&h.hypertable).cloned();
+            h
+        })
+        .collect();
 
     // The queue is the truth (other copy processes may share it).
     let after = match cfg.target.connect().await {
@@ -620,9 +631,12 @@ fn print_summary(report: &CopyReport, elapsed: Duration) {
                 batches: h.batches,
                 bytes: h.bytes,
             };
+            let name = match &h.continuous_aggregate {
+                Some(v) => format!("{v} (continuous aggregate)"),
+                None => h.hypertable.to_string(),
+            };
             let mut line = format!(
-                "  {}: {}, {} in {} task(s)",
-                h.hypertable,
+                "  {name}: {}, {} in {} task(s)",
                 rows_text(&stats),
                 ui::bytes(h.bytes),
                 ui::count(h.copied)

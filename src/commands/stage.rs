@@ -444,6 +444,11 @@ fn widening_warnings(
     actions: &[Action],
     windows: &HashMap<catalog::TimeType, plan::Window>,
 ) -> Vec<String> {
+    // A continuous aggregate's materialization is named by its view.
+    let label = |t: &NewTask| match &t.chunk.cagg {
+        Some(v) => format!("continuous aggregate {v}"),
+        None => t.chunk.hypertable.to_string(),
+    };
     // (time type, moved side, old bound) -> (hypertables, widened chunks, old internal)
     type Key = (catalog::TimeType, &'static str, String);
     let mut groups: BTreeMap<Key, (BTreeSet<String>, u64, i64)> = BTreeMap::new();
@@ -456,7 +461,7 @@ fn widening_warnings(
                 let g = groups
                     .entry((t.time_type, "until", u.literal.clone()))
                     .or_insert_with(|| (BTreeSet::new(), 0, u.internal));
-                g.0.insert(t.chunk.hypertable.to_string());
+                g.0.insert(label(t));
                 g.1 += 1;
             }
         }
@@ -465,7 +470,7 @@ fn widening_warnings(
                 let g = groups
                     .entry((t.time_type, "from", l.literal.clone()))
                     .or_insert_with(|| (BTreeSet::new(), 0, l.internal));
-                g.0.insert(t.chunk.hypertable.to_string());
+                g.0.insert(label(t));
                 g.1 += 1;
             }
         }
@@ -481,9 +486,7 @@ fn widening_warnings(
         let new_chunks: BTreeSet<_> = tasks
             .iter()
             .zip(actions)
-            .filter(|(t, a)| {
-                **a == Action::New && hts.contains(&t.chunk.hypertable.to_string()) && in_range(t)
-            })
+            .filter(|(t, a)| **a == Action::New && hts.contains(&label(t)) && in_range(t))
             .map(|(t, _)| &t.chunk.chunk)
             .collect();
         let range = match side {

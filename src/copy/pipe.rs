@@ -49,10 +49,18 @@ pub struct PipeStats {
     pub bytes: u64,
 }
 
+/// Add bytes passed on to the target to the shared counter, if any.
+fn count(moved: Option<&AtomicU64>, n: u64) {
+    if let Some(m) = moved {
+        m.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// Run `copy_out` on the source and feed it to `copy_in` on the target. Both
 /// statements must use the same format and column list. Errors name the side
-/// that failed and `what`. `moved`, when given, is increased by every byte
-/// read from the source as it arrives.
+/// that failed and `what`. `moved`, when given, is increased by the bytes
+/// passed on to the target as they go (after `rate` let them through, so a
+/// progress figure read from it shows the rate `--max-rate` allows).
 pub async fn pipe(
     src: &Db,
     tgt: &Db,
@@ -81,26 +89,27 @@ pub async fn pipe(
         let data =
             data.map_err(|e| Error::db(src.side, format!("reading COPY data of {what}"), e))?;
         bytes += data.len() as u64;
-        if let Some(m) = moved {
-            m.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
         buf.extend_from_slice(&data);
         if buf.len() >= BUFFER {
             if let Some(r) = rate {
                 r.acquire(buf.len()).await;
             }
+            let n = buf.len() as u64;
             sink.send(buf.split().freeze())
                 .await
                 .map_err(|e| Error::db(tgt.side, format!("writing COPY data into {what}"), e))?;
+            count(moved, n);
         }
     }
     if !buf.is_empty() {
         if let Some(r) = rate {
             r.acquire(buf.len()).await;
         }
+        let n = buf.len() as u64;
         sink.send(buf.freeze())
             .await
             .map_err(|e| Error::db(tgt.side, format!("writing COPY data into {what}"), e))?;
+        count(moved, n);
     }
     let rows = sink
         .finish()
