@@ -337,7 +337,8 @@ pub fn print_dry_run(r: &crate::commands::stage::StageReport) {
         what.push(format!("leave {} task(s) already staged", r.already_staged));
     }
     line(&format!("Would {}:", what.join(", ")));
-    for t in &r.tasks {
+    // Tasks already staged are counted above, listed only in the JSON.
+    for t in r.tasks.iter().filter(|t| t.action != "already staged") {
         let part = if t.part > 0 {
             format!(" part {}", t.part)
         } else {

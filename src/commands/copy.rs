@@ -648,3 +648,50 @@ fn print_summary(report: &CopyReport, elapsed: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_and_chunks_are_told_apart() {
+        assert_eq!(tasks_text(10, 10, 0), "10 chunk(s)");
+        assert_eq!(
+            tasks_text(198, 150, 12),
+            "198 task(s) for 150 chunk(s) (12 split into parts)"
+        );
+        assert_eq!(tasks_text(3, 2, 0), "3 task(s) for 2 chunk(s)");
+        let stats = CopyStats {
+            rows: 197_504,
+            batches: 214,
+            bytes: 1,
+        };
+        assert_eq!(
+            rows_text(&stats),
+            "197,504 rows (in 214 compressed batches)"
+        );
+    }
+
+    #[test]
+    fn the_projected_total_follows_what_tasks_move() {
+        let ht = QualifiedName::new("public", "m");
+        let mut p = Projection {
+            tallies: HashMap::from([(
+                ht.clone(),
+                Tally {
+                    estimated_left: 1000,
+                    estimated_done: 0,
+                    bytes_done: 0,
+                },
+            )]),
+            finished: 0,
+        };
+        assert_eq!(p.total(), 1000);
+        // A task estimated at 500 moved 250: the other 500 will move ~250.
+        p.finish(&ht, 500, Some(250));
+        assert_eq!(p.total(), 500);
+        // A task that failed for good moves nothing more.
+        p.finish(&ht, 500, None);
+        assert_eq!(p.total(), 250);
+    }
+}

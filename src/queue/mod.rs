@@ -625,3 +625,18 @@ pub async fn status(db: &Db, problems: i64) -> Result<Status> {
         active_sessions,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_left_are_projected_by_what_done_tasks_moved() {
+        // Nothing done yet: the source's table sizes as they are.
+        assert_eq!(projected_bytes_left(1000, 0, 0), 1000);
+        // Done tasks moved 60 bytes per 100 estimated: the rest likewise.
+        assert_eq!(projected_bytes_left(1000, 500, 300), 600);
+        assert_eq!(projected_bytes_left(0, 500, 300), 0);
+        assert_eq!(projected_bytes_left(-5, 0, 0), 0);
+    }
+}
