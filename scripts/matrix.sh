@@ -313,7 +313,18 @@ cmd_list() {
 
 case "${1:-}" in
     run) shift; cmd_run "$@" ;;
-    ci) shift; [[ $# -eq 0 ]] || die "usage: $0 ci"; cmd_run --skip-missing "${CI_COMBINATIONS[@]}" ;;
+    ci)
+        shift
+        [[ $# -eq 0 ]] || die "usage: $0 ci"
+        if [[ ! -d $SOURCES ]]; then
+            log "***************************************************************************"
+            log "*** $SOURCES does not exist: the licensed combinations"
+            log "*** ${CI_COMBINATIONS[*]:1}"
+            log "*** will NOT be run, only the README's test command (debian)"
+            log "***************************************************************************"
+        fi
+        cmd_run --skip-missing "${CI_COMBINATIONS[@]}"
+        ;;
     env) shift; cmd_env "$@" ;;
     stop | status | destroy) c="$1"; shift; cmd_each "$c" "$@" ;;
     list) cmd_list ;;
