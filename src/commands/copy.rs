@@ -214,7 +214,7 @@ impl CopyJob {
             entry.clone()
         };
         // A chunk dropped on the source while we copied it is not a failure.
-        if !catalog::chunk_exists(&c.src, &chunk).await? {
+        if !catalog::chunk_exists(&c.src, &self.ctx.source.features, &chunk).await? {
             queue::record_failure(
                 &c.tgt,
                 task,
@@ -266,10 +266,13 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let tgt = cfg.target.connect().await?;
     queue::require(&tgt).await?;
     let src = cfg.source.connect().await?;
+    let source = catalog::extension(&src).await?;
+    let target = catalog::extension(&tgt).await?;
+    let invalidation = crate::copy::invalidation::strategy(&tgt, &target.features).await;
     let ctx = Context {
-        source: catalog::extension(&src).await?,
-        target: catalog::extension(&tgt).await?,
-        invalidation: crate::copy::invalidation::strategy(&tgt).await,
+        source,
+        target,
+        invalidation,
         rate: cfg
             .max_rate
             .map(|r| Arc::new(crate::copy::RateLimiter::new(r))),
