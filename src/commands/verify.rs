@@ -42,7 +42,7 @@ struct VerifyJob {
 }
 
 impl VerifyJob {
-    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError> {
+    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError<Event>> {
         c.tgt.batch("BEGIN", "starting a transaction").await?;
         let Some(task) = queue::claim_verify(&c.tgt).await? else {
             c.tgt.batch("ROLLBACK", "ending a transaction").await?;
@@ -56,6 +56,7 @@ impl VerifyJob {
         let fail = |error: Error| StepError {
             task: Some(task.id),
             error,
+            recorded: None,
         };
         begin_source(&c.src, &task).await.map_err(fail)?;
         let outcome = verify::verify_task(&c.src, &c.tgt, &task)
@@ -118,7 +119,7 @@ const MAX_ATTEMPTS: u32 = 5;
 impl Job for VerifyJob {
     type Event = Event;
 
-    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError>> {
+    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError<Event>>> {
         self.step_inner(c).boxed()
     }
 
@@ -240,7 +241,9 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
         });
     }
     if shutdown.graceful.is_cancelled() {
-        return Err(Error::Interrupted);
+        return Err(Error::Interrupted {
+            abandoned: shutdown.hard.is_cancelled(),
+        });
     }
     ui::line("Execute the 'clean' command to remove hyperfill's queue from the target.");
     Ok(report)
