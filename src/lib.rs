@@ -76,6 +76,7 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> Result<serde_json::Value> {
                     target,
                     parallelism: a.parallelism as usize,
                     max_attempts: a.max_attempts,
+                    stall_timeout: std::time::Duration::from_secs(a.stall_timeout),
                     analyze: a.analyze,
                     max_rate: a.max_rate,
                     requeue_mismatched: a.requeue_mismatched,

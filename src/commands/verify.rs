@@ -45,7 +45,7 @@ struct VerifyJob {
 }
 
 impl VerifyJob {
-    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError> {
+    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError<Event>> {
         c.tgt.batch("BEGIN", "starting a transaction").await?;
         let Some(task) = queue::claim_verify(&c.tgt).await? else {
             c.tgt.batch("ROLLBACK", "ending a transaction").await?;
@@ -59,6 +59,7 @@ impl VerifyJob {
         let fail = |error: Error| StepError {
             task: Some(task.id),
             error,
+            recorded: None,
         };
         begin_source(&c.src, &task).await.map_err(fail)?;
         let outcome = verify::verify_task(&c.src, &c.tgt, (&self.source, &self.target), &task)
@@ -121,7 +122,7 @@ const MAX_ATTEMPTS: u32 = 5;
 impl Job for VerifyJob {
     type Event = Event;
 
-    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError>> {
+    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError<Event>>> {
         self.step_inner(c).boxed()
     }
 
@@ -245,7 +246,9 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
         });
     }
     if shutdown.graceful.is_cancelled() {
-        return Err(Error::Interrupted);
+        return Err(Error::Interrupted {
+            abandoned: shutdown.hard.is_cancelled(),
+        });
     }
     ui::line("Execute the 'clean' command to remove hyperfill's queue from the target.");
     Ok(report)
