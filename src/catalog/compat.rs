@@ -20,7 +20,26 @@
 //! The copy also depends on the PostgreSQL majors of the two sides, not on
 //! TimescaleDB: see `catalog::columns` (binary or text COPY per type).
 
+use std::ops::RangeInclusive;
+
 use super::Version;
+
+/// The PostgreSQL majors a TimescaleDB release runs on, as each release's
+/// `src/compat/compat.h` accepts them (read for 2.16.1, 2.19.3, 2.22.1,
+/// 2.25.2, 2.28.3 and 2.29.2; the releases between are given the narrower
+/// of their neighbours' ranges, so a fix we propose always exists).
+/// 2.29 also accepts 19, not yet released.
+pub fn postgres_majors(v: Version) -> RangeInclusive<u32> {
+    if v >= Version(2, 29, 0) {
+        16..=18
+    } else if v >= Version(2, 22, 0) {
+        15..=18
+    } else if v >= Version(2, 20, 0) {
+        15..=17
+    } else {
+        14..=17
+    }
+}
 
 /// The shape of the chunk catalog: how chunks, their names, their
 /// compressed relation and their dimension slices are found.

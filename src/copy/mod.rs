@@ -92,7 +92,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             tgt,
             &task.chunk,
             &task.hypertable,
-            &src_cols,
+            (&src_cols, &ht_cols),
             only,
             filter.as_deref(),
         )
@@ -163,7 +163,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 tgt,
                 &task.chunk,
                 &t_chunk,
-                &src_cols,
+                (&src_cols, &tgt_cols),
                 "ONLY ",
                 None,
             )
@@ -183,7 +183,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 tgt,
                 &task.chunk,
                 &t_chunk,
-                &src_cols,
+                (&src_cols, &tgt_cols),
                 only,
                 Some(f),
             )
@@ -287,7 +287,8 @@ async fn delete_range(tgt: &Db, chunk: &QualifiedName, filter: Option<&str>) -> 
 }
 
 /// Stream the rows of `source` (matching `filter`) into `target`, columns
-/// matched by name. Binary format unless a column's type cannot travel in it.
+/// (source's, target's) matched by name. Binary format unless a column's
+/// type cannot travel in it between these two servers.
 #[allow(clippy::too_many_arguments)]
 async fn copy_rows(
     ctx: &Context,
@@ -295,18 +296,22 @@ async fn copy_rows(
     tgt: &Db,
     source: &QualifiedName,
     target: &QualifiedName,
-    columns: &[Column],
+    columns: (&[Column], &[Column]),
     only: &str,
     filter: Option<&str>,
 ) -> Result<PipeStats> {
+    let (columns, target_columns) = columns;
     let list = columns
         .iter()
         .map(|c| quote_ident(&c.name))
         .collect::<Vec<_>>()
         .join(", ");
-    let text = columns.iter().any(|c| c.needs_text);
+    let text = catalog::text_copy_needed(columns, target_columns);
     if text {
-        tracing::info!(chunk = %source, "a column type has no portable binary form: using text COPY");
+        tracing::info!(
+            chunk = %source,
+            "a column type has no binary form both servers read the same way: using text COPY"
+        );
     }
     let format = if text { "text" } else { "binary" };
     let where_clause = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
