@@ -8,6 +8,7 @@ mod compressed;
 mod copy;
 mod errors;
 mod faults;
+mod load;
 mod ops;
 mod resume;
 mod stage;
