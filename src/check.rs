@@ -32,6 +32,9 @@ pub struct Finding {
 pub struct Report {
     pub source_version: String,
     pub target_version: String,
+    /// The servers' PostgreSQL versions (`15.10`, `17.11`).
+    pub source_postgres: String,
+    pub target_postgres: String,
     pub source_license: String,
     pub target_license: String,
     pub hypertables: usize,
@@ -126,10 +129,26 @@ SELECT has_database_privilege(current_database(), 'CREATE')
 // language=PostgreSQL
 const HYPERTABLE_SIZE: &str = "SELECT coalesce(hypertable_size($1::text::regclass), 0)::bigint";
 
+/// Either side. The PostgreSQL version, for a side without TimescaleDB.
+// language=PostgreSQL
+const SERVER_VERSION: &str = "SELECT current_setting('server_version')";
+
 /// Either side. Whether this session is encrypted.
 // language=PostgreSQL
 const SESSION_SSL: &str =
     "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)";
+
+/// Either side. Time limits the server, the database or the role set for
+/// sessions (`reset_val`: what they are before hyperfill's own SETs),
+/// when not 0: name, value with its unit.
+// language=PostgreSQL
+const SESSION_TIMEOUTS: &str = "\
+SELECT name, reset_val || coalesce(unit, '')
+FROM pg_settings
+WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout',
+               'transaction_timeout', 'lock_timeout')
+  AND reset_val <> '0'
+ORDER BY name";
 
 pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> Result<Report> {
     let src = source.connect().await?;
@@ -140,7 +159,18 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
         catalog::extension_opt(&tgt).await?,
     ) {
         (Some(s), Some(t)) => (s, t),
-        (s, t) => return Ok(without_extension(s.as_ref(), t.as_ref(), f)),
+        (s, t) => {
+            let mut postgres = Vec::new();
+            for db in [&src, &tgt] {
+                postgres.push(
+                    db.query_one(SERVER_VERSION, &[], "reading the server version")
+                        .await?
+                        .get::<_, String>(0),
+                );
+            }
+            let postgres = (postgres[0].clone(), postgres[1].clone());
+            return Ok(without_extension(s.as_ref(), t.as_ref(), postgres, f));
+        }
     };
 
     if let Err(e) = catalog::ensure_compatible(&s_ext, &t_ext) {
@@ -149,7 +179,20 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
             "timescaledb-version",
             None,
             e.to_string(),
-            Some(version_fix(&s_ext, &t_ext)),
+            Some(catalog::version_fix(&s_ext, &t_ext)),
+        );
+    }
+    if s_ext.postgres_major != t_ext.postgres_major {
+        f.add(
+            Severity::Note,
+            "postgres-majors",
+            None,
+            format!(
+                "the source runs PostgreSQL {} and the target PostgreSQL {}: supported; columns \
+                 whose type is read differently by the two servers are copied in text format",
+                s_ext.postgres_version, t_ext.postgres_version
+            ),
+            None,
         );
     }
     for (side, ext) in [(Side::Source, &s_ext), (Side::Target, &t_ext)] {
@@ -197,6 +240,9 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
     scheduled_jobs(&tgt, &mut f).await;
     tablespaces(&src, &mut f).await;
     metadata(&src, &tgt, &mut f).await;
+    for (side, db) in [(Side::Source, &src), (Side::Target, &tgt)] {
+        timeouts(side, db, &mut f).await;
+    }
 
     let can_queue = tgt
         .query_one(CAN_CREATE_QUEUE, &[], "checking privileges")
@@ -257,6 +303,8 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
     Ok(Report {
         source_version: s_ext.version_text.clone(),
         target_version: t_ext.version_text.clone(),
+        source_postgres: s_ext.postgres_version.clone(),
+        target_postgres: t_ext.postgres_version.clone(),
         source_license: s_ext.license.clone(),
         target_license: t_ext.license.clone(),
         hypertables: hypertables.len(),
@@ -267,7 +315,12 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
 
 /// The report when one side has no timescaledb extension: nothing else can
 /// be checked until it has.
-fn without_extension(s: Option<&Extension>, t: Option<&Extension>, mut f: Findings) -> Report {
+fn without_extension(
+    s: Option<&Extension>,
+    t: Option<&Extension>,
+    postgres: (String, String),
+    mut f: Findings,
+) -> Report {
     if s.is_none() {
         f.add(
             Severity::Error,
@@ -307,22 +360,12 @@ fn without_extension(s: Option<&Extension>, t: Option<&Extension>, mut f: Findin
         target_version: version(t),
         source_license: license(s),
         target_license: license(t),
+        source_postgres: postgres.0,
+        target_postgres: postgres.1,
         hypertables: 0,
         estimated_bytes: 0,
         findings: f.0,
     }
-}
-
-fn version_fix(s: &Extension, t: &Extension) -> String {
-    let newer = if s.version >= t.version {
-        &s.version_text
-    } else {
-        &t.version_text
-    };
-    format!(
-        "run `ALTER EXTENSION timescaledb UPDATE TO '{newer}';` on the side with the older version \
-         (as the first command of a fresh session: psql -X), or install the same version on both"
-    )
 }
 
 /// Hypertables missing or different on the target, compression settings,
@@ -501,6 +544,40 @@ async fn tablespaces(src: &Db, f: &mut Findings) {
     }
 }
 
+/// Server, database or role time limits that would interrupt copies.
+async fn timeouts(side: Side, db: &Db, f: &mut Findings) {
+    let Ok(rows) = db.client.query(SESSION_TIMEOUTS, &[]).await else {
+        return;
+    };
+    for r in rows {
+        let (name, value): (String, String) = (r.get(0), r.get(1));
+        if name == "lock_timeout" {
+            f.add(
+                Severity::Warning,
+                "lock-timeout",
+                Some(side),
+                format!(
+                    "lock_timeout = {value}: a copy that waits longer for a lock (creating or \
+                     compressing a chunk, behind a DDL or a long transaction) fails its attempt \
+                     and is retried, up to --max-attempts"
+                ),
+                Some("to let copies wait instead, ALTER ROLE <the role hyperfill uses> SET lock_timeout = 0".into()),
+            );
+        } else {
+            f.add(
+                Severity::Note,
+                "session-timeout",
+                Some(side),
+                format!(
+                    "{name} = {value} would interrupt long copies; hyperfill sets it to 0 in its \
+                     own sessions, so copies are not interrupted (other sessions keep it)"
+                ),
+                None,
+            );
+        }
+    }
+}
+
 async fn metadata_uuid(db: &Db) -> Option<String> {
     db.client
         .query_opt(METADATA_UUID, &[])
@@ -529,17 +606,17 @@ pub fn print(r: &Report) {
     if ui::json_mode() {
         return;
     }
-    let side = |version: &str, license: &str| {
+    let side = |version: &str, license: &str, postgres: &str| {
         if version.is_empty() {
-            "not installed".to_string()
+            format!("not installed (PostgreSQL {postgres})")
         } else {
-            format!("{version} ({license} license)")
+            format!("{version} ({license} license) on PostgreSQL {postgres}")
         }
     };
     ui::line(&format!(
         "TimescaleDB: source {}, target {}; {} hypertable(s) selected.",
-        side(&r.source_version, &r.source_license),
-        side(&r.target_version, &r.target_license),
+        side(&r.source_version, &r.source_license, &r.source_postgres),
+        side(&r.target_version, &r.target_license, &r.target_postgres),
         r.hypertables
     ));
     for f in &r.findings {

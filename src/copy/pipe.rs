@@ -2,12 +2,13 @@
 //! `COPY ... FROM STDIN`, with bounded memory.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 
 use crate::db::Db;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 
 /// Rows are re-buffered into messages of about this size: fewer, larger
 /// CopyData messages to the target, and at most this much held per worker.
@@ -49,6 +50,17 @@ pub struct PipeStats {
     pub bytes: u64,
 }
 
+/// How data may flow through one pipe.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow<'a> {
+    /// `--max-rate`, shared by all workers.
+    pub rate: Option<&'a RateLimiter>,
+    /// Bytes passed on to the target, all workers together.
+    pub moved: Option<&'a AtomicU64>,
+    /// How long any one wait may move nothing.
+    pub stall: Duration,
+}
+
 /// Add bytes passed on to the target to the shared counter, if any.
 fn count(moved: Option<&AtomicU64>, n: u64) {
     if let Some(m) = moved {
@@ -58,34 +70,70 @@ fn count(moved: Option<&AtomicU64>, n: u64) {
 
 /// Run `copy_out` on the source and feed it to `copy_in` on the target. Both
 /// statements must use the same format and column list. Errors name the side
-/// that failed and `what`. `moved`, when given, is increased by the bytes
-/// passed on to the target as they go (after `rate` let them through, so a
-/// progress figure read from it shows the rate `--max-rate` allows).
+/// that failed and `what`. `flow.moved`, when given, is increased by the
+/// bytes passed on to the target as they go (after `flow.rate` let them
+/// through, so a progress figure read from it shows the rate `--max-rate`
+/// allows).
+///
+/// Every wait on either side (the start of each COPY, the next data from the
+/// source, a send to the target, the end) is bounded by `stall`: a server
+/// that stops answering, or a network that stops delivering while TCP still
+/// acknowledges (a frozen proxy, a stopped server process), fails the
+/// attempt with [`Error::Stalled`], which is transient. Waiting for
+/// `--max-rate` does not count.
 pub async fn pipe(
     src: &Db,
     tgt: &Db,
     copy_out: &str,
     copy_in: &str,
     what: &str,
-    rate: Option<&RateLimiter>,
-    moved: Option<&AtomicU64>,
+    flow: Flow<'_>,
 ) -> Result<PipeStats> {
-    let sink = tgt
-        .client
-        .copy_in::<_, Bytes>(copy_in)
-        .await
-        .map_err(|e| Error::db(tgt.side, format!("starting COPY into {what}"), e))?;
-    let stream = src
-        .client
-        .copy_out(copy_out)
-        .await
-        .map_err(|e| Error::db(src.side, format!("starting COPY out of {what}"), e))?;
+    let Flow { rate, moved, stall } = flow;
+    let stalled = |side, context: String| Error::Stalled {
+        side,
+        context,
+        timeout: stall,
+    };
+    async fn bounded<T>(
+        side: Side,
+        context: String,
+        stall: Duration,
+        f: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(stall, f).await {
+            Ok(r) => r.map_err(|e| Error::db(side, context, e)),
+            Err(_) => Err(Error::Stalled {
+                side,
+                context,
+                timeout: stall,
+            }),
+        }
+    }
+    let sink = bounded(
+        tgt.side,
+        format!("starting COPY into {what}"),
+        stall,
+        tgt.client.copy_in::<_, Bytes>(copy_in),
+    )
+    .await?;
+    let stream = bounded(
+        src.side,
+        format!("starting COPY out of {what}"),
+        stall,
+        src.client.copy_out(copy_out),
+    )
+    .await?;
     futures::pin_mut!(sink);
     futures::pin_mut!(stream);
 
     let mut buf = BytesMut::with_capacity(BUFFER);
     let mut bytes = 0u64;
-    while let Some(data) = stream.next().await {
+    loop {
+        let next = tokio::time::timeout(stall, stream.next())
+            .await
+            .map_err(|_| stalled(src.side, format!("reading COPY data of {what}")))?;
+        let Some(data) = next else { break };
         let data =
             data.map_err(|e| Error::db(src.side, format!("reading COPY data of {what}"), e))?;
         bytes += data.len() as u64;
@@ -95,9 +143,13 @@ pub async fn pipe(
                 r.acquire(buf.len()).await;
             }
             let n = buf.len() as u64;
-            sink.send(buf.split().freeze())
-                .await
-                .map_err(|e| Error::db(tgt.side, format!("writing COPY data into {what}"), e))?;
+            bounded(
+                tgt.side,
+                format!("writing COPY data into {what}"),
+                stall,
+                sink.send(buf.split().freeze()),
+            )
+            .await?;
             count(moved, n);
         }
     }
@@ -106,14 +158,21 @@ pub async fn pipe(
             r.acquire(buf.len()).await;
         }
         let n = buf.len() as u64;
-        sink.send(buf.freeze())
-            .await
-            .map_err(|e| Error::db(tgt.side, format!("writing COPY data into {what}"), e))?;
+        bounded(
+            tgt.side,
+            format!("writing COPY data into {what}"),
+            stall,
+            sink.send(buf.freeze()),
+        )
+        .await?;
         count(moved, n);
     }
-    let rows = sink
-        .finish()
-        .await
-        .map_err(|e| Error::db(tgt.side, format!("finishing COPY into {what}"), e))?;
+    let rows = bounded(
+        tgt.side,
+        format!("finishing COPY into {what}"),
+        stall,
+        sink.finish(),
+    )
+    .await?;
     Ok(PipeStats { rows, bytes })
 }

@@ -7,6 +7,8 @@ mod caggs;
 mod compressed;
 mod copy;
 mod errors;
+mod faults;
+mod load;
 mod numbers;
 mod ops;
 mod resume;
