@@ -45,7 +45,7 @@ SELECT coalesce(
           FROM ch c JOIN ch cc ON (cc.j ->> 'id')::int = (c.j ->> 'compressed_chunk_id')::int
           WHERE c.j ->> 'schema_name' = i.chunk_schema AND c.j ->> 'table_name' = i.chunk_name))::text
 FROM timescaledb_information.chunks i
-WHERE i.hypertable_name = 'cm'";
+WHERE i.hypertable_name = $1";
 
 async fn statuses(c: &tokio_postgres::Client) -> Vec<i32> {
     c.query(STATES, &[])
@@ -58,8 +58,14 @@ async fn statuses(c: &tokio_postgres::Client) -> Vec<i32> {
 
 /// Compressed batches of all chunks of `cm`.
 async fn batch_count(c: &tokio_postgres::Client) -> i64 {
+    batches_of(c, "cm").await
+}
+
+/// The compressed batches (rows of the compressed chunk tables) of a
+/// hypertable, on any supported release.
+pub async fn batches_of(c: &tokio_postgres::Client, hypertable: &str) -> i64 {
     let mut n = 0;
-    for r in c.query(COMPRESSED_RELATIONS, &[]).await.unwrap() {
+    for r in c.query(COMPRESSED_RELATIONS, &[&hypertable]).await.unwrap() {
         if let Some(rel) = r.get::<_, Option<String>>(0) {
             n += crate::harness::scalar(c, &format!("SELECT count(*) FROM {rel}")).await;
         }

@@ -25,15 +25,6 @@ SELECT compress_chunk(c) FROM show_chunks('hc', older_than => '2024-01-04'::time
 INSERT INTO hc VALUES ('2024-01-02 12:00:30+00', 9, 0.5);
 ";
 
-/// The compressed batches (rows of the compressed chunk tables) of `hc`.
-const BATCHES: &str = "
-SELECT coalesce(sum((xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I.%I',
-           cc.schema_name, cc.table_name), false, true, '')))[1]::text::bigint), 0)::bigint
-FROM _timescaledb_catalog.chunk c
-JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id
-JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
-WHERE h.table_name = 'hc'";
-
 #[tokio::test]
 async fn row_figures_count_logical_rows_of_compressed_chunks() {
     let Some(db) = Dbs::licensed("num_rows").await else {
@@ -42,7 +33,7 @@ async fn row_figures_count_logical_rows_of_compressed_chunks() {
     db.both(HALF_COMPRESSED).await.unwrap();
     db.src.batch_execute(HALF_COMPRESSED_DATA).await.unwrap();
     let rows = db.src_i64("SELECT count(*) FROM hc").await;
-    let batches = db.src_i64(BATCHES).await;
+    let batches = crate::compressed::batches_of(&db.src, "hc").await;
     assert!(
         rows > 30_000 && batches > 0 && batches < 100,
         "dataset: {rows} rows, {batches} batches"
