@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::catalog::{self, Extension, Selection};
+use crate::catalog::{self, Selection};
 use crate::db::{ConnInfo, Db};
 use crate::error::{Result, Side};
 use crate::ident::QualifiedName;
@@ -32,6 +32,9 @@ pub struct Finding {
 pub struct Report {
     pub source_version: String,
     pub target_version: String,
+    /// The servers' PostgreSQL versions (`15.10`, `17.11`).
+    pub source_postgres: String,
+    pub target_postgres: String,
     pub source_license: String,
     pub target_license: String,
     pub hypertables: usize,
@@ -152,7 +155,20 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
             "timescaledb-version",
             None,
             e.to_string(),
-            Some(version_fix(&s_ext, &t_ext)),
+            Some(catalog::version_fix(&s_ext, &t_ext)),
+        );
+    }
+    if s_ext.postgres_major != t_ext.postgres_major {
+        f.add(
+            Severity::Note,
+            "postgres-majors",
+            None,
+            format!(
+                "the source runs PostgreSQL {} and the target PostgreSQL {}: supported; columns \
+                 whose type is read differently by the two servers are copied in text format",
+                s_ext.postgres_version, t_ext.postgres_version
+            ),
+            None,
         );
     }
     for (side, ext) in [(Side::Source, &s_ext), (Side::Target, &t_ext)] {
@@ -263,24 +279,14 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
     Ok(Report {
         source_version: s_ext.version_text.clone(),
         target_version: t_ext.version_text.clone(),
+        source_postgres: s_ext.postgres_version.clone(),
+        target_postgres: t_ext.postgres_version.clone(),
         source_license: s_ext.license.clone(),
         target_license: t_ext.license.clone(),
         hypertables: hypertables.len(),
         estimated_bytes,
         findings: f.0,
     })
-}
-
-fn version_fix(s: &Extension, t: &Extension) -> String {
-    let newer = if s.version >= t.version {
-        &s.version_text
-    } else {
-        &t.version_text
-    };
-    format!(
-        "run `ALTER EXTENSION timescaledb UPDATE TO '{newer}';` on the side with the older version \
-         (as the first command of a fresh session: psql -X), or install the same version on both"
-    )
 }
 
 /// Hypertables missing or different on the target, compression settings,
@@ -521,8 +527,15 @@ pub fn print(r: &Report) {
         return;
     }
     ui::line(&format!(
-        "TimescaleDB: source {} ({} license), target {} ({} license); {} hypertable(s) selected.",
-        r.source_version, r.source_license, r.target_version, r.target_license, r.hypertables
+        "TimescaleDB: source {} ({} license) on PostgreSQL {}, target {} ({} license) on \
+         PostgreSQL {}; {} hypertable(s) selected.",
+        r.source_version,
+        r.source_license,
+        r.source_postgres,
+        r.target_version,
+        r.target_license,
+        r.target_postgres,
+        r.hypertables
     ));
     for f in &r.findings {
         let tag = match f.severity {

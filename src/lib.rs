@@ -10,6 +10,7 @@
 //! pool · `commands` one module per subcommand · `ui` what the user reads.
 
 pub mod caggs;
+#[macro_use]
 pub mod catalog;
 pub mod check;
 pub mod cli;

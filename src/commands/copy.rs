@@ -303,16 +303,17 @@ impl CopyJob {
     async fn failed_inner(&self, c: &Conns, task: i64, error: &Error) -> Result<Event> {
         let chunk = self.tried(task).chunk;
         // A chunk dropped on the source while we copied it is not a failure.
-        let (after, text) = if !catalog::chunk_exists(&c.src, &chunk).await? {
-            (
-                AfterFailure::Skipped,
-                "the source chunk no longer exists".to_string(),
-            )
-        } else if worker::retryable(error) {
-            (AfterFailure::Retry, error.to_string())
-        } else {
-            (AfterFailure::Failed, error.to_string())
-        };
+        let (after, text) =
+            if !catalog::chunk_exists(&c.src, &self.ctx.source.features, &chunk).await? {
+                (
+                    AfterFailure::Skipped,
+                    "the source chunk no longer exists".to_string(),
+                )
+            } else if worker::retryable(error) {
+                (AfterFailure::Retry, error.to_string())
+            } else {
+                (AfterFailure::Failed, error.to_string())
+            };
         match queue::record_failure(&c.tgt, task, after, &text, self.max_attempts).await? {
             Some(recorded) => Ok(self.event(task, recorded, error.to_string())),
             // Another worker has the task already: it is being tried again.
@@ -352,10 +353,13 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let tgt = cfg.target.connect().await?;
     queue::require(&tgt).await?;
     let src = cfg.source.connect().await?;
+    let source = catalog::extension(&src).await?;
+    let target = catalog::extension(&tgt).await?;
+    let invalidation = crate::copy::invalidation::strategy(&tgt, &target.features).await;
     let ctx = Context {
-        source: catalog::extension(&src).await?,
-        target: catalog::extension(&tgt).await?,
-        invalidation: crate::copy::invalidation::strategy(&tgt).await,
+        source,
+        target,
+        invalidation,
         rate: cfg
             .max_rate
             .map(|r| Arc::new(crate::copy::RateLimiter::new(r))),

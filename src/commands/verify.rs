@@ -37,6 +37,9 @@ pub enum Event {
 }
 
 struct VerifyJob {
+    /// The two sides' TimescaleDB releases.
+    source: crate::catalog::Features,
+    target: crate::catalog::Features,
     /// Chunk and attempts of every task this process tried.
     tried: Mutex<HashMap<i64, (String, u32)>>,
 }
@@ -59,7 +62,7 @@ impl VerifyJob {
             recorded: None,
         };
         begin_source(&c.src, &task).await.map_err(fail)?;
-        let outcome = verify::verify_task(&c.src, &c.tgt, &task)
+        let outcome = verify::verify_task(&c.src, &c.tgt, (&self.source, &self.target), &task)
             .await
             .map_err(fail)?;
         let (state, message) = match &outcome {
@@ -138,8 +141,8 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     queue::require(&tgt).await?;
     let src = cfg.source.connect().await?;
     // Both sides must have TimescaleDB (a clear error otherwise).
-    catalog::extension(&src).await?;
-    catalog::extension(&tgt).await?;
+    let source_ext = catalog::extension(&src).await?;
+    let target_ext = catalog::extension(&tgt).await?;
     if cfg.all {
         queue::reset_verify(&tgt).await?;
     }
@@ -178,6 +181,8 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     let pool = tokio::spawn(worker::run(
         pool_cfg,
         Arc::new(VerifyJob {
+            source: source_ext.features,
+            target: target_ext.features,
             tried: Mutex::new(HashMap::new()),
         }),
         shutdown.clone(),

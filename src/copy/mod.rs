@@ -51,10 +51,11 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     // each connection, and the two sides work at the same time. (Writes stay
     // strictly in order.)
     let (s_state, src_cols, mut target) = tokio::try_join!(
-        compressed::chunk_state(src, &task.chunk),
+        compressed::chunk_state(src, &ctx.source.features, &task.chunk),
         catalog::relation_columns(src, &task.chunk),
         target_chunk::find(
             tgt,
+            &ctx.target.features,
             &task.hypertable,
             task.target_chunk.as_ref(),
             &task.slices
@@ -63,6 +64,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     let Some(s_state) = s_state else {
         return Ok(Outcome::SourceGone);
     };
+    plain_copy_settings(tgt, &ctx.target.features, &task.hypertable).await?;
     if target.is_none() {
         target = target_chunk::try_create(tgt, &ctx.target, &task.hypertable, &task.slices).await?;
     }
@@ -88,12 +90,19 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             tgt,
             &task.chunk,
             &task.hypertable,
-            &src_cols,
+            (&src_cols, &ht_cols),
             only,
             filter.as_deref(),
         )
         .await?;
-        let created = target_chunk::find(tgt, &task.hypertable, None, &task.slices).await?;
+        let created = target_chunk::find(
+            tgt,
+            &ctx.target.features,
+            &task.hypertable,
+            None,
+            &task.slices,
+        )
+        .await?;
         if created.is_none() && stats.rows > 0 {
             return Err(Error::Incompatible(format!(
                 "rows of source chunk {} went into target hypertable {} but not into a chunk \
@@ -111,7 +120,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     };
 
     let (t_state, tgt_cols) = tokio::try_join!(
-        compressed::chunk_state(tgt, &t_chunk),
+        compressed::chunk_state(tgt, &ctx.target.features, &t_chunk),
         catalog::relation_columns(tgt, &t_chunk),
     )?;
     let t_state =
@@ -152,7 +161,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 tgt,
                 &task.chunk,
                 &t_chunk,
-                &src_cols,
+                (&src_cols, &tgt_cols),
                 "ONLY ",
                 None,
             )
@@ -172,7 +181,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 tgt,
                 &task.chunk,
                 &t_chunk,
-                &src_cols,
+                (&src_cols, &tgt_cols),
                 only,
                 Some(f),
             )
@@ -189,6 +198,39 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         bytes: stats.bytes,
         target_chunk: Some(t_chunk),
     })
+}
+
+/// Make TimescaleDB's own COPY path (2.22+) write exactly the rows sent, in
+/// the chunk's current state: never compressed on the way in, whether by
+/// `timescaledb.enable_direct_compress_copy` or by the hypertable's
+/// `direct_compress` option (2.29+). For the task's transaction only.
+async fn plain_copy_settings(
+    tgt: &Db,
+    features: &catalog::Features,
+    hypertable: &QualifiedName,
+) -> Result<()> {
+    use catalog::compat;
+    if let Some(sql) = features.copy_settings() {
+        tgt.batch(sql, "turning off direct compression for the copy")
+            .await?;
+    }
+    if features.direct_compress_option {
+        let row = tgt
+            .query_one(
+                compat::HYPERTABLE_DIRECT_COMPRESS,
+                &[&hypertable.schema, &hypertable.name],
+                &format!("reading the options of {hypertable}"),
+            )
+            .await?;
+        if row.get::<_, bool>(0) {
+            tgt.batch(
+                compat::SET_NO_COPY_OPTIMIZATIONS,
+                &format!("turning off direct compression of {hypertable} for the copy"),
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Every source column must exist on the target chunk with the same type.
@@ -243,7 +285,8 @@ async fn delete_range(tgt: &Db, chunk: &QualifiedName, filter: Option<&str>) -> 
 }
 
 /// Stream the rows of `source` (matching `filter`) into `target`, columns
-/// matched by name. Binary format unless a column's type cannot travel in it.
+/// (source's, target's) matched by name. Binary format unless a column's
+/// type cannot travel in it between these two servers.
 #[allow(clippy::too_many_arguments)]
 async fn copy_rows(
     ctx: &Context,
@@ -251,18 +294,22 @@ async fn copy_rows(
     tgt: &Db,
     source: &QualifiedName,
     target: &QualifiedName,
-    columns: &[Column],
+    columns: (&[Column], &[Column]),
     only: &str,
     filter: Option<&str>,
 ) -> Result<PipeStats> {
+    let (columns, target_columns) = columns;
     let list = columns
         .iter()
         .map(|c| quote_ident(&c.name))
         .collect::<Vec<_>>()
         .join(", ");
-    let text = columns.iter().any(|c| c.needs_text);
+    let text = catalog::text_copy_needed(columns, target_columns);
     if text {
-        tracing::info!(chunk = %source, "a column type has no portable binary form: using text COPY");
+        tracing::info!(
+            chunk = %source,
+            "a column type has no binary form both servers read the same way: using text COPY"
+        );
     }
     let format = if text { "text" } else { "binary" };
     let where_clause = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
