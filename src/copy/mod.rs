@@ -24,8 +24,6 @@ pub struct Context {
     pub invalidation: invalidation::Strategy,
     /// `--max-rate`, shared by all workers.
     pub rate: Option<std::sync::Arc<RateLimiter>>,
-    /// `--stall-timeout`: how long a COPY may move nothing.
-    pub stall: std::time::Duration,
 }
 
 /// The result of one copy task.
@@ -330,7 +328,6 @@ async fn copy_rows(
         &inp,
         &format!("chunk {source}"),
         ctx.rate.as_deref(),
-        ctx.stall,
     )
     .await
 }
