@@ -10,4 +10,5 @@ mod errors;
 mod ops;
 mod resume;
 mod stage;
+mod statements;
 mod tls;
