@@ -12,4 +12,5 @@ mod load;
 mod ops;
 mod resume;
 mod stage;
+mod statements;
 mod tls;
