@@ -110,7 +110,7 @@ fn main() -> ExitCode {
 }
 
 /// How long a stopped `copy` or `verify` may take to print its summary.
-const GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Resolves when the process should stop whatever the command is doing:
 /// at the second signal; at the first for commands without in-flight

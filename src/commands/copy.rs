@@ -37,6 +37,9 @@ pub struct CopyReport {
     pub bytes: u64,
     pub seconds: f64,
     pub remaining: u64,
+    /// Failed attempts that were tried again (each task's final failure is
+    /// in `failed`, once).
+    pub retries: u64,
 }
 
 pub enum Event {
@@ -477,10 +480,12 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                         "[{n}/{total}] FAILED chunk {chunk} (attempt {attempt}): {error}"
                     ));
                 } else if attempt > 0 {
+                    report.retries += 1;
                     progress.line(&format!(
                         "Retrying chunk {chunk} after attempt {attempt} failed: {error}"
                     ));
                 } else {
+                    report.retries += 1;
                     progress.line(&format!("Retrying chunk {chunk}: {error}"));
                 }
             }

@@ -40,6 +40,11 @@ use tls::{Tls, TlsError, TlsStream};
 /// noticed on our side instead: `connect_timeout`, TCP keepalives and
 /// `--stall-timeout`.
 // language=PostgreSQL
+const SESSION_TIMEOUTS: &str =
+    "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0";
+
+/// The rest of the session set-up (see [`SESSION_TIMEOUTS`]).
+// language=PostgreSQL
 const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; \
      SET IntervalStyle = 'postgres'; \
      SET extra_float_digits = 3; \
@@ -47,8 +52,7 @@ const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; \
      SET bytea_output = 'hex'; \
      SET standard_conforming_strings = on; \
      SET client_min_messages = warning; \
-     SELECT set_config(name, '0', false) FROM pg_settings \
-     WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout', 'transaction_timeout')";
+     SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'transaction_timeout'";
 
 /// The server process of this session, for the stuck-server probe.
 // language=PostgreSQL
@@ -84,6 +88,10 @@ pub struct ConnInfo {
     /// (`watch.rs`) with this stall timeout.
     stall: Option<Duration>,
 }
+
+/// How long a watched connection waits for an answer before it probes the
+/// server (`copy --stall-timeout`'s default; `verify` uses it as is).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The connect_timeout used when neither the connection string nor
 /// PGCONNECT_TIMEOUT gives one (libpq waits forever).
@@ -217,6 +225,20 @@ impl ConnInfo {
         });
         let mut db = Db::new(client, side);
         let setup = async {
+            // The limits go first, alone: a server-side statement_timeout
+            // counts from the start of each query string, and a tiny one
+            // (50 ms) can end even this on a loaded server; then try again.
+            let mut tries = 0;
+            loop {
+                match db.batch(SESSION_TIMEOUTS, "setting up the session").await {
+                    Err(Error::Db { source, .. })
+                        if tries < 3 && source.code() == Some(&SqlState::QUERY_CANCELED) =>
+                    {
+                        tries += 1;
+                    }
+                    r => break r?,
+                }
+            }
             db.batch(SESSION_SETUP, "setting up the session").await?;
             if side == Side::Source {
                 db.batch(SOURCE_SETUP, "setting up the session").await?;
