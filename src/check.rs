@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::catalog::{self, Selection};
+use crate::catalog::{self, Extension, Selection};
 use crate::db::{ConnInfo, Db};
 use crate::error::{Result, Side};
 use crate::ident::QualifiedName;
@@ -82,11 +82,15 @@ SELECT format('%I.%I', user_view_schema, user_view_name)
 FROM _timescaledb_catalog.continuous_agg WHERE NOT finalized ORDER BY 1";
 
 /// Target. Background jobs (compression, retention, refresh, user jobs) that
-/// are still scheduled: id, procedure, the hypertable they act on.
+/// are still scheduled: id, procedure, what they act on: the continuous
+/// aggregate's view for a materialization hypertable (with a leading
+/// "continuous aggregate "), else the hypertable, else ''.
 // language=PostgreSQL
 pub(crate) const SCHEDULED_JOBS: &str = "\
 SELECT j.id, j.proc_name::text,
-       coalesce((SELECT format('%I.%I', h.schema_name, h.table_name)
+       coalesce((SELECT 'continuous aggregate ' || format('%I.%I', ca.user_view_schema, ca.user_view_name)
+                 FROM _timescaledb_catalog.continuous_agg ca WHERE ca.mat_hypertable_id = j.hypertable_id),
+                (SELECT format('%I.%I', h.schema_name, h.table_name)
                  FROM _timescaledb_catalog.hypertable h WHERE h.id = j.hypertable_id), '')
 FROM _timescaledb_config.bgw_job j
 WHERE j.id >= 1000 AND j.scheduled
@@ -127,6 +131,10 @@ SELECT has_database_privilege(current_database(), 'CREATE')
 pub(crate) const HYPERTABLE_SIZE: &str =
     "SELECT coalesce(hypertable_size($1::text::regclass), 0)::bigint";
 
+/// Either side. The PostgreSQL version, for a side without TimescaleDB.
+// language=PostgreSQL
+const SERVER_VERSION: &str = "SELECT current_setting('server_version')";
+
 /// Either side. Whether this session is encrypted.
 // language=PostgreSQL
 pub(crate) const SESSION_SSL: &str =
@@ -147,9 +155,25 @@ ORDER BY name";
 pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> Result<Report> {
     let src = source.connect().await?;
     let tgt = target.connect().await?;
-    let s_ext = catalog::extension(&src).await?;
-    let t_ext = catalog::extension(&tgt).await?;
     let mut f = Findings(Vec::new());
+    let (s_ext, t_ext) = match (
+        catalog::extension_opt(&src).await?,
+        catalog::extension_opt(&tgt).await?,
+    ) {
+        (Some(s), Some(t)) => (s, t),
+        (s, t) => {
+            let mut postgres = Vec::new();
+            for db in [&src, &tgt] {
+                postgres.push(
+                    db.query_one(SERVER_VERSION, &[], "reading the server version")
+                        .await?
+                        .get::<_, String>(0),
+                );
+            }
+            let postgres = (postgres[0].clone(), postgres[1].clone());
+            return Ok(without_extension(s.as_ref(), t.as_ref(), postgres, f));
+        }
+    };
 
     if let Err(e) = catalog::ensure_compatible(&s_ext, &t_ext) {
         f.add(
@@ -289,6 +313,61 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
         estimated_bytes,
         findings: f.0,
     })
+}
+
+/// The report when one side has no timescaledb extension: nothing else can
+/// be checked until it has.
+fn without_extension(
+    s: Option<&Extension>,
+    t: Option<&Extension>,
+    postgres: (String, String),
+    mut f: Findings,
+) -> Report {
+    if s.is_none() {
+        f.add(
+            Severity::Error,
+            "extension-missing",
+            Some(Side::Source),
+            "the timescaledb extension is not installed in this database: it holds no hypertables"
+                .into(),
+            Some("connect to the database that holds the hypertables (check the database name in --source)".into()),
+        );
+    }
+    if t.is_none() {
+        let version = s
+            .map(|e| format!(" VERSION '{}'", e.version_text))
+            .unwrap_or_default();
+        f.add(
+            Severity::Error,
+            "extension-missing",
+            Some(Side::Target),
+            "the timescaledb extension is not installed in this database".into(),
+            Some(format!(
+                "as the first command of a fresh session on the target: CREATE EXTENSION timescaledb{version}; \
+                 then restore the source's schema (README: preparing the target)"
+            )),
+        );
+    }
+    f.add(
+        Severity::Note,
+        "not-checked",
+        None,
+        "nothing else was checked: every other check needs TimescaleDB on both sides".into(),
+        None,
+    );
+    let version = |e: Option<&Extension>| e.map(|e| e.version_text.clone()).unwrap_or_default();
+    let license = |e: Option<&Extension>| e.map(|e| e.license.clone()).unwrap_or_default();
+    Report {
+        source_version: version(s),
+        target_version: version(t),
+        source_license: license(s),
+        target_license: license(t),
+        source_postgres: postgres.0,
+        target_postgres: postgres.1,
+        hypertables: 0,
+        estimated_bytes: 0,
+        findings: f.0,
+    }
 }
 
 /// Hypertables missing or different on the target, compression settings,
@@ -442,6 +521,7 @@ async fn scheduled_jobs(tgt: &Db, f: &mut Findings) {
     };
     for r in rows {
         let (id, proc_name, ht): (i32, String, String) = (r.get(0), r.get(1), r.get(2));
+        // `ht` names a continuous aggregate by its view.
         let on = if ht.is_empty() {
             String::new()
         } else {
@@ -535,15 +615,17 @@ pub fn print(r: &Report) {
     if ui::json_mode() {
         return;
     }
+    let side = |version: &str, license: &str, postgres: &str| {
+        if version.is_empty() {
+            format!("not installed (PostgreSQL {postgres})")
+        } else {
+            format!("{version} ({license} license) on PostgreSQL {postgres}")
+        }
+    };
     ui::line(&format!(
-        "TimescaleDB: source {} ({} license) on PostgreSQL {}, target {} ({} license) on \
-         PostgreSQL {}; {} hypertable(s) selected.",
-        r.source_version,
-        r.source_license,
-        r.source_postgres,
-        r.target_version,
-        r.target_license,
-        r.target_postgres,
+        "TimescaleDB: source {}, target {}; {} hypertable(s) selected.",
+        side(&r.source_version, &r.source_license, &r.source_postgres),
+        side(&r.target_version, &r.target_license, &r.target_postgres),
         r.hypertables
     ));
     for f in &r.findings {

@@ -86,12 +86,21 @@ pub enum Error {
     Precondition { side: Side, message: String },
 
     #[error("{failed} task(s) failed; see the messages above or run `hyperfill status`. Fix the cause and run `copy` again: failed tasks are retried")]
-    TasksFailed { failed: u64 },
+    TasksFailed {
+        failed: u64,
+        /// The copy's report, for `--output json`.
+        report: serde_json::Value,
+    },
 
     #[error(
-        "verification found {mismatched} chunk(s) whose contents differ between source and target"
+        "verification found {mismatched} task(s) whose contents differ between source and target; \
+         `hyperfill copy --requeue-mismatched` copies them again"
     )]
-    VerifyMismatch { mismatched: u64 },
+    VerifyMismatch {
+        mismatched: u64,
+        /// The verify report with every mismatch, for `--output json`.
+        report: serde_json::Value,
+    },
 
     /// Stopped by a signal. `abandoned`: a second signal dropped the
     /// in-flight work (its transactions rolled back).
@@ -120,6 +129,18 @@ impl Error {
             side,
             context: context.into(),
             source,
+        }
+    }
+
+    /// The command's report when it ran to the end but failed on what it
+    /// found (`check` findings, failed tasks, mismatches): the `result` of
+    /// `--output json`.
+    pub fn report(&self) -> Option<&serde_json::Value> {
+        match self {
+            Error::CheckFailed { report, .. }
+            | Error::TasksFailed { report, .. }
+            | Error::VerifyMismatch { report, .. } => Some(report),
+            _ => None,
         }
     }
 
@@ -336,8 +357,23 @@ mod tests {
             .exit_code(),
             5
         );
-        assert_eq!(Error::TasksFailed { failed: 1 }.exit_code(), 6);
-        assert_eq!(Error::VerifyMismatch { mismatched: 1 }.exit_code(), 7);
+        let report = serde_json::Value::Null;
+        assert_eq!(
+            Error::TasksFailed {
+                failed: 1,
+                report: report.clone()
+            }
+            .exit_code(),
+            6
+        );
+        assert_eq!(
+            Error::VerifyMismatch {
+                mismatched: 1,
+                report
+            }
+            .exit_code(),
+            7
+        );
         assert_eq!(Error::Interrupted { abandoned: true }.exit_code(), 130);
     }
 }

@@ -90,10 +90,7 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e}");
                 if json {
-                    let result = match &e {
-                        hyperfill::error::Error::CheckFailed { report, .. } => report.clone(),
-                        _ => serde_json::Value::Null,
-                    };
+                    let result = e.report().cloned().unwrap_or_default();
                     ui::json(&serde_json::json!({
                         "command": name, "ok": false, "exit_code": e.exit_code(),
                         "error": e.to_string(), "result": result

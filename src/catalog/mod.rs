@@ -66,18 +66,27 @@ impl Extension {
 
 /// Read the timescaledb extension of one side.
 pub async fn extension(db: &Db) -> Result<Extension> {
-    let row = db
-        .query_opt(sql::EXTENSION, &[], "reading the timescaledb extension")
-        .await?;
-    let Some(row) = row else {
-        return Err(Error::Precondition {
+    match extension_opt(db).await? {
+        Some(e) => Ok(e),
+        None => Err(Error::Precondition {
             side: db.side,
             message: "the timescaledb extension is not installed in this database. \
                  Connect to the database that holds the hypertables, or run \
                  `CREATE EXTENSION timescaledb` there (on the target, restore the \
                  source's schema with pg_dump first)"
                 .to_string(),
-        });
+        }),
+    }
+}
+
+/// Read the timescaledb extension of one side; `None` when the database
+/// does not have it.
+pub async fn extension_opt(db: &Db) -> Result<Option<Extension>> {
+    let row = db
+        .query_opt(sql::EXTENSION, &[], "reading the timescaledb extension")
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
     };
     let version_text: String = row.get(0);
     let schema: String = row.get(1);
@@ -89,7 +98,7 @@ pub async fn extension(db: &Db) -> Result<Extension> {
         side: db.side,
         message: format!("cannot understand the timescaledb version '{version_text}'"),
     })?;
-    Ok(Extension {
+    Ok(Some(Extension {
         version_text,
         version,
         schema,
@@ -98,7 +107,7 @@ pub async fn extension(db: &Db) -> Result<Extension> {
         features: Features::for_version(version),
         postgres_version,
         postgres_major,
-    })
+    }))
 }
 
 /// Source and target must run exactly the same TimescaleDB release (the
@@ -245,6 +254,8 @@ pub struct SourceChunk {
     pub time_end: i64,
     /// Every dimension's slice, sorted by column name.
     pub slices: Vec<Slice>,
+    /// The table data (heap and TOAST, no indexes) of the chunk and of its
+    /// compressed chunk: roughly what COPY reads.
     pub size_bytes: i64,
 }
 

@@ -101,7 +101,9 @@ ORDER BY schema_name, table_name"
 /// chunk of the selected hypertables, newest first: hypertable schema and
 /// table, cagg view schema and name, time column, time type, chunk schema and
 /// table, compressed chunk schema and table, time slice start, all slices as
-/// `{"column": [start, end]}`, time slice end, on-disk size in bytes.
+/// `{"column": [start, end]}`, time slice end, size in bytes of the table
+/// data (heap and TOAST of the chunk and of its compressed chunk, without
+/// indexes: what COPY reads, the basis of every bytes-to-move estimate).
 // language=PostgreSQL
 pub const SOURCE_CHUNKS: Variants = chunk_sql!(
     ctes: selection_ctes!(),
@@ -114,9 +116,9 @@ SELECT ht.schema_name::text, ht.table_name::text,
        ts.range_start,
        sl.slices,
        ts.range_end,
-       (coalesce(pg_total_relation_size(to_regclass(format('%I.%I', c.schema_name, c.table_name))), 0)
+       (coalesce(pg_table_size(to_regclass(format('%I.%I', c.schema_name, c.table_name))), 0)
         + CASE WHEN c.compressed_name IS NULL THEN 0
-               ELSE coalesce(pg_total_relation_size(to_regclass(format('%I.%I', c.compressed_schema, c.compressed_name))), 0) END)::bigint
+               ELSE coalesce(pg_table_size(to_regclass(format('%I.%I', c.compressed_schema, c.compressed_name))), 0) END)::bigint
 FROM ht
 JOIN chunk_v c ON c.hypertable_id = ht.id AND NOT c.osm_chunk
 JOIN slice_v ts ON ts.chunk_id = c.id AND ts.dimension_id = ht.time_dimension_id

@@ -1,15 +1,16 @@
 //! `copy`: run the queue with N workers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio_postgres::error::SqlState;
 
 use crate::catalog;
-use crate::copy::{self, Context, Outcome};
+use crate::copy::{self, Context, CopyStats, Outcome};
 use crate::db::{ConnInfo, Db};
 use crate::error::{Error, Result, Side};
 use crate::ident::{quote_literal, QualifiedName};
@@ -28,36 +29,60 @@ pub struct CopyConfig {
     pub requeue_mismatched: bool,
 }
 
+/// What a copy run did. Task counts are tasks (a chunk split into parts has
+/// one task per part); `rows` are logical rows (for compressed chunks, the
+/// rows their batches hold), `batches` the compressed batches among them,
+/// `bytes` the COPY data read from the source.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct CopyReport {
     pub copied: u64,
     pub skipped: u64,
     pub failed: u64,
     pub rows: u64,
+    pub batches: u64,
     pub bytes: u64,
     pub seconds: f64,
+    /// Tasks still pending in the queue afterwards.
     pub remaining: u64,
     /// Failed attempts that were tried again (each task's final failure is
     /// in `failed`, once).
     pub retries: u64,
+    /// The same figures per hypertable, in name order.
+    pub hypertables: Vec<HypertableCopy>,
+}
+
+/// One hypertable's share of a copy run.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct HypertableCopy {
+    pub hypertable: QualifiedName,
+    /// The view, when the hypertable materializes a continuous aggregate.
+    pub continuous_aggregate: Option<String>,
+    pub copied: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub rows: u64,
+    pub batches: u64,
+    pub bytes: u64,
 }
 
 pub enum Event {
     Copied {
         task: i64,
+        hypertable: QualifiedName,
         chunk: String,
-        rows: u64,
-        bytes: u64,
+        stats: CopyStats,
         elapsed: std::time::Duration,
         estimated: u64,
     },
     Skipped {
         task: i64,
+        hypertable: QualifiedName,
         chunk: String,
         estimated: u64,
     },
     Failed {
         task: i64,
+        hypertable: QualifiedName,
         chunk: String,
         error: String,
         /// The task is now `failed`: no more attempts in this run.
@@ -70,6 +95,7 @@ pub enum Event {
 /// What this process knows of a task it tried.
 #[derive(Clone)]
 struct Tried {
+    hypertable: QualifiedName,
     chunk: QualifiedName,
     label: String,
     estimated: u64,
@@ -128,6 +154,7 @@ impl CopyJob {
             .unwrap_or_else(|e| e.into_inner())
             .entry(task.id)
             .or_insert_with(|| Tried {
+                hypertable: task.hypertable.clone(),
                 chunk: task.chunk.clone(),
                 label: task.label(),
                 estimated: task.estimated_bytes.max(0) as u64,
@@ -160,20 +187,20 @@ impl CopyJob {
         let outcome = copy::copy_task(&c.src, &c.tgt, &self.ctx, task).await?;
         let event = match outcome {
             Outcome::Copied {
-                rows,
-                bytes,
+                stats,
                 target_chunk,
             } => {
                 let elapsed = clock.elapsed();
                 let message = format!(
-                    "copied {} rows, {} in {}",
-                    rows,
-                    ui::bytes(bytes),
+                    "copied {}, {} in {}",
+                    rows_text(&stats),
+                    ui::bytes(stats.bytes),
                     ui::duration(elapsed)
                 );
                 let done = CopyDone {
-                    rows: rows as i64,
-                    bytes: bytes as i64,
+                    rows: stats.rows as i64,
+                    batches: (stats.batches > 0).then_some(stats.batches as i64),
+                    bytes: stats.bytes as i64,
                     started,
                     message: &message,
                     target_chunk: target_chunk.as_ref(),
@@ -197,9 +224,9 @@ impl CopyJob {
                 }
                 Event::Copied {
                     task: task.id,
+                    hypertable: task.hypertable.clone(),
                     chunk: task.label(),
-                    rows,
-                    bytes,
+                    stats,
                     elapsed,
                     estimated,
                 }
@@ -210,6 +237,7 @@ impl CopyJob {
                 c.tgt.batch("COMMIT", "ending a transaction").await?;
                 Event::Skipped {
                     task: task.id,
+                    hypertable: task.hypertable.clone(),
                     chunk: task.label(),
                     estimated,
                 }
@@ -263,16 +291,21 @@ impl CopyJob {
     /// The event for a recorded failure.
     fn event(&self, task: i64, recorded: Recorded, error: String) -> Event {
         let Tried {
-            label, estimated, ..
+            hypertable,
+            label,
+            estimated,
+            ..
         } = self.tried(task);
         match recorded.state {
             TaskState::Skipped => Event::Skipped {
                 task,
+                hypertable,
                 chunk: label,
                 estimated,
             },
             state => Event::Failed {
                 task,
+                hypertable,
                 chunk: label,
                 error,
                 final_attempt: state == TaskState::Failed,
@@ -286,6 +319,7 @@ impl CopyJob {
     fn tried_with(&self, task: i64, count: bool) -> Tried {
         let mut tried = self.tried.lock().unwrap_or_else(|e| e.into_inner());
         let entry = tried.entry(task).or_insert_with(|| Tried {
+            hypertable: QualifiedName::new("?", "?"),
             chunk: QualifiedName::new("?", "?"),
             label: format!("task {task}"),
             estimated: 0,
@@ -324,6 +358,7 @@ impl CopyJob {
                 let t = self.tried_with(task, true);
                 Ok(Event::Failed {
                     task,
+                    hypertable: t.hypertable,
                     chunk: t.label,
                     error: error.to_string(),
                     final_attempt: false,
@@ -352,6 +387,82 @@ impl Job for CopyJob {
     }
 }
 
+/// `197,504 rows`, or `197,504 rows (in 214 compressed batches)`.
+pub fn rows_text(stats: &CopyStats) -> String {
+    if stats.batches > 0 {
+        format!(
+            "{} rows (in {} compressed batches)",
+            ui::count(stats.rows),
+            ui::count(stats.batches)
+        )
+    } else {
+        format!("{} rows", ui::count(stats.rows))
+    }
+}
+
+/// `12 task(s) for 10 chunk(s) (1 split into parts)`; `3 chunk(s)` when
+/// every task is a whole chunk.
+pub fn tasks_text(tasks: u64, chunks: u64, split: u64) -> String {
+    if split == 0 && tasks == chunks {
+        format!("{} chunk(s)", ui::count(tasks))
+    } else if split == 0 {
+        format!(
+            "{} task(s) for {} chunk(s)",
+            ui::count(tasks),
+            ui::count(chunks)
+        )
+    } else {
+        format!(
+            "{} task(s) for {} chunk(s) ({} split into parts)",
+            ui::count(tasks),
+            ui::count(chunks),
+            ui::count(split)
+        )
+    }
+}
+
+/// Per hypertable, what is known of the bytes to move: the source's table
+/// sizes of the tasks not finished yet, and of the finished ones with the
+/// bytes they moved (to project the rest, as `status` does).
+#[derive(Default)]
+struct Tally {
+    estimated_left: i64,
+    estimated_done: i64,
+    bytes_done: i64,
+}
+
+struct Projection {
+    tallies: HashMap<QualifiedName, Tally>,
+    /// Bytes moved by the tasks this run finished.
+    finished: u64,
+}
+
+impl Projection {
+    fn finish(&mut self, hypertable: &QualifiedName, estimated: u64, moved: Option<u64>) {
+        let t = self.tallies.entry(hypertable.clone()).or_default();
+        t.estimated_left = (t.estimated_left - estimated as i64).max(0);
+        if let Some(b) = moved {
+            t.estimated_done += estimated as i64;
+            t.bytes_done += b as i64;
+            self.finished += b;
+        }
+    }
+
+    /// The bytes this run moves in all: what it moved for finished tasks
+    /// plus the projection of the rest.
+    fn total(&self) -> u64 {
+        self.finished
+            + self
+                .tallies
+                .values()
+                .map(|t| {
+                    queue::projected_bytes_left(t.estimated_left, t.estimated_done, t.bytes_done)
+                        .max(0) as u64
+                })
+                .sum::<u64>()
+    }
+}
+
 pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let tgt = cfg.target.connect().await?;
     queue::require(&tgt).await?;
@@ -359,6 +470,7 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let source = catalog::extension(&src).await?;
     let target = catalog::extension(&tgt).await?;
     let invalidation = crate::copy::invalidation::strategy(&tgt, &target.features).await;
+    let moved = Arc::new(AtomicU64::new(0));
     let ctx = Context {
         source,
         target,
@@ -366,12 +478,15 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         rate: cfg
             .max_rate
             .map(|r| Arc::new(crate::copy::RateLimiter::new(r))),
+        moved: Some(moved.clone()),
     };
     catalog::ensure_compatible(&ctx.source, &ctx.target)?;
+    // The queue may predate this release: bring its schema up to date.
+    queue::migrate(&tgt).await?;
     if cfg.requeue_mismatched {
         let n = queue::requeue_mismatched(&tgt).await?;
         ui::line(&format!(
-            "Re-queued {n} chunk(s) that verify found different."
+            "Re-queued {n} task(s) that verify found different."
         ));
     }
     // Tasks that failed in earlier runs get a fresh set of attempts.
@@ -380,19 +495,41 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let todo = before.pending + before.failed;
     if todo == 0 {
         ui::line(&format!(
-            "Nothing to copy: all {} staged chunk(s) are done or skipped. Use `stage` to add more.",
+            "Nothing to copy: all {} staged task(s) are done or skipped. Use `stage` to add more.",
             before.total()
         ));
         return Ok(CopyReport::default());
     }
+    let (chunks, split) = queue::chunks_to_copy(&tgt).await?;
+    let queued = queue::status(&tgt, 0).await?.hypertables;
+    let caggs: HashMap<QualifiedName, String> = queued
+        .iter()
+        .filter_map(|h| Some((h.hypertable.clone(), h.continuous_aggregate.clone()?)))
+        .collect();
+    let mut projection = Projection {
+        tallies: queued
+            .iter()
+            .map(|h| {
+                (
+                    h.hypertable.clone(),
+                    Tally {
+                        estimated_left: h.source_bytes_left,
+                        estimated_done: h.source_bytes_done,
+                        bytes_done: h.bytes_copied,
+                    },
+                )
+            })
+            .collect(),
+        finished: 0,
+    };
     drop((src, tgt));
 
     let workers = cfg.parallelism.min(todo as usize).max(1);
     ui::line(&format!(
-        "Copying {} chunk(s) (~{} on the source) with {} worker(s)",
-        ui::count(todo),
-        ui::bytes(before.estimated_bytes_pending.max(0) as u64),
-        workers
+        "Copying {} with {} worker(s): ~{} to move (projected from the source's table sizes)",
+        tasks_text(todo, chunks, split),
+        workers,
+        ui::bytes(projection.total()),
     ));
     let job = Arc::new(CopyJob {
         ctx,
@@ -412,18 +549,16 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let pool = tokio::spawn(worker::run(pool_cfg, job, shutdown.clone(), tx));
 
     let mut report = CopyReport::default();
-    let progress = ui::Progress::new(
-        "copying",
-        todo,
-        Some(before.estimated_bytes_pending.max(0) as u64),
-    );
+    let mut per_ht: BTreeMap<QualifiedName, HypertableCopy> = BTreeMap::new();
+    let progress = ui::Progress::new("copying", todo, Some(projection.total()));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     // Each task counts once towards the total, however many attempts it
     // took; the total grows if tasks are staged during the run.
     let mut finished = std::collections::HashSet::new();
     let mut total = todo;
-    let mut count = |task: i64, progress: &ui::Progress, estimated: u64| -> (u64, u64) {
+    let mut count = |task: i64, progress: &ui::Progress| -> (u64, u64) {
         if finished.insert(task) {
-            progress.advance(estimated);
+            progress.advance();
         }
         let n = finished.len() as u64;
         if n > total {
@@ -432,41 +567,62 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         }
         (n, total)
     };
-    while let Some(ev) = rx.recv().await {
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+            _ = tick.tick() => {
+                progress.bytes(moved.load(Ordering::Relaxed), projection.total());
+                continue;
+            }
+        };
         match ev {
             Event::Copied {
                 task,
+                hypertable,
                 chunk,
-                rows,
-                bytes,
+                stats,
                 elapsed,
                 estimated,
             } => {
                 report.copied += 1;
-                report.rows += rows;
-                report.bytes += bytes;
-                let (n, total) = count(task, &progress, estimated);
+                report.rows += stats.rows;
+                report.batches += stats.batches;
+                report.bytes += stats.bytes;
+                let h = share(&mut per_ht, &hypertable);
+                h.copied += 1;
+                h.rows += stats.rows;
+                h.batches += stats.batches;
+                h.bytes += stats.bytes;
+                projection.finish(&hypertable, estimated, Some(stats.bytes));
+                let (n, total) = count(task, &progress);
                 progress.line(&format!(
-                    "[{n}/{total}] Copied chunk {chunk}: {} rows, {} in {}{}",
-                    ui::count(rows),
-                    ui::bytes(bytes),
+                    "[{n}/{total}] Copied chunk {chunk}: {}, {} in {}{}",
+                    rows_text(&stats),
+                    ui::bytes(stats.bytes),
                     ui::duration(elapsed),
-                    ui::rate(bytes, elapsed)
+                    ui::rate(stats.bytes, elapsed)
                 ));
             }
             Event::Skipped {
                 task,
+                hypertable,
                 chunk,
                 estimated,
             } => {
                 report.skipped += 1;
-                let (n, total) = count(task, &progress, estimated);
+                share(&mut per_ht, &hypertable).skipped += 1;
+                projection.finish(&hypertable, estimated, None);
+                let (n, total) = count(task, &progress);
                 progress.line(&format!(
                     "[{n}/{total}] Skipped chunk {chunk}: it no longer exists on the source"
                 ));
             }
             Event::Failed {
                 task,
+                hypertable,
                 chunk,
                 error,
                 final_attempt,
@@ -475,7 +631,9 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             } => {
                 if final_attempt {
                     report.failed += 1;
-                    let (n, total) = count(task, &progress, estimated);
+                    share(&mut per_ht, &hypertable).failed += 1;
+                    projection.finish(&hypertable, estimated, None);
+                    let (n, total) = count(task, &progress);
                     progress.line(&format!(
                         "[{n}/{total}] FAILED chunk {chunk} (attempt {attempt}): {error}"
                     ));
@@ -490,12 +648,20 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                 }
             }
         }
+        progress.bytes(moved.load(Ordering::Relaxed), projection.total());
     }
     progress.finish();
     let pool_result = pool
         .await
         .unwrap_or_else(|e| Err(Error::Internal(format!("the worker pool crashed: {e}"))));
     report.seconds = clock.elapsed().as_secs_f64();
+    report.hypertables = per_ht
+        .into_values()
+        .map(|mut h| {
+            h.continuous_aggregate = caggs.get(&h.hypertable).cloned();
+            h
+        })
+        .collect();
     // Abandoned: the second signal dropped chunks in flight (not merely
     // arrived after they had finished).
     let abandoned = matches!(pool_result, Err(Error::Interrupted { abandoned: true }));
@@ -522,7 +688,7 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             // other copy processes, or by sessions the server has not yet
             // seen close (a killed copy's, for a moment).
             ui::line(&format!(
-                "{} chunk(s) are still being copied by another copy process (see `hyperfill status`); \
+                "{} task(s) are still being copied by another copy process (see `hyperfill status`); \
                  run copy again if none is running.",
                 c.pending
             ));
@@ -534,21 +700,12 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         ui::line(&format!(
             "Stopped after finishing the in-flight chunk(s){}.",
             match &after {
-                Some((c, _)) => format!("; {} chunk(s) left for the next run", c.pending),
+                Some((c, _)) => format!("; {} task(s) left for the next run", c.pending),
                 None => String::new(),
             }
         ));
     }
-    ui::line(&format!(
-        "Copied {} from {} chunk(s) ({} rows) in {}{}; {} skipped, {} failed.",
-        ui::bytes(report.bytes),
-        ui::count(report.copied),
-        ui::count(report.rows),
-        ui::duration(clock.elapsed()),
-        ui::rate(report.bytes, clock.elapsed()),
-        report.skipped,
-        report.failed,
-    ));
+    print_summary(&report, clock.elapsed());
     match pool_result {
         Err(Error::Interrupted { .. }) => return Err(Error::Interrupted { abandoned }),
         r => r?,
@@ -561,9 +718,113 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             for (chunk, err) in failed.iter().take(20) {
                 ui::line(&format!("  failed: {chunk}: {err}"));
             }
-            return Err(Error::TasksFailed { failed: c.failed });
+            return Err(Error::TasksFailed {
+                failed: c.failed,
+                report: serde_json::to_value(&report).unwrap_or_default(),
+            });
         }
     }
     ui::line("Execute the 'verify' command to check the copied data.");
     Ok(report)
+}
+
+/// A hypertable's share of the run, created on first use.
+fn share<'a>(
+    per_ht: &'a mut BTreeMap<QualifiedName, HypertableCopy>,
+    ht: &QualifiedName,
+) -> &'a mut HypertableCopy {
+    per_ht.entry(ht.clone()).or_insert_with(|| HypertableCopy {
+        hypertable: ht.clone(),
+        ..Default::default()
+    })
+}
+
+/// The closing lines: totals, then one line per hypertable when there are
+/// several.
+fn print_summary(report: &CopyReport, elapsed: Duration) {
+    let totals = CopyStats {
+        rows: report.rows,
+        batches: report.batches,
+        bytes: report.bytes,
+    };
+    ui::line(&format!(
+        "Copied {}, {}, in {} task(s) in {}{}; {} skipped, {} failed.",
+        rows_text(&totals),
+        ui::bytes(report.bytes),
+        ui::count(report.copied),
+        ui::duration(elapsed),
+        ui::rate(report.bytes, elapsed),
+        report.skipped,
+        report.failed,
+    ));
+    if report.hypertables.len() > 1 {
+        for h in &report.hypertables {
+            let stats = CopyStats {
+                rows: h.rows,
+                batches: h.batches,
+                bytes: h.bytes,
+            };
+            let name = match &h.continuous_aggregate {
+                Some(v) => format!("{v} (continuous aggregate)"),
+                None => h.hypertable.to_string(),
+            };
+            let mut line = format!(
+                "  {name}: {}, {} in {} task(s)",
+                rows_text(&stats),
+                ui::bytes(h.bytes),
+                ui::count(h.copied)
+            );
+            if h.skipped > 0 || h.failed > 0 {
+                line.push_str(&format!("; {} skipped, {} failed", h.skipped, h.failed));
+            }
+            ui::line(&line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_and_chunks_are_told_apart() {
+        assert_eq!(tasks_text(10, 10, 0), "10 chunk(s)");
+        assert_eq!(
+            tasks_text(198, 150, 12),
+            "198 task(s) for 150 chunk(s) (12 split into parts)"
+        );
+        assert_eq!(tasks_text(3, 2, 0), "3 task(s) for 2 chunk(s)");
+        let stats = CopyStats {
+            rows: 197_504,
+            batches: 214,
+            bytes: 1,
+        };
+        assert_eq!(
+            rows_text(&stats),
+            "197,504 rows (in 214 compressed batches)"
+        );
+    }
+
+    #[test]
+    fn the_projected_total_follows_what_tasks_move() {
+        let ht = QualifiedName::new("public", "m");
+        let mut p = Projection {
+            tallies: HashMap::from([(
+                ht.clone(),
+                Tally {
+                    estimated_left: 1000,
+                    estimated_done: 0,
+                    bytes_done: 0,
+                },
+            )]),
+            finished: 0,
+        };
+        assert_eq!(p.total(), 1000);
+        // A task estimated at 500 moved 250: the other 500 will move ~250.
+        p.finish(&ht, 500, Some(250));
+        assert_eq!(p.total(), 500);
+        // A task that failed for good moves nothing more.
+        p.finish(&ht, 500, None);
+        assert_eq!(p.total(), 250);
+    }
 }

@@ -89,6 +89,8 @@ pub async fn refresh_caggs(
 pub async fn status(target: &ConnInfo, errors: i64) -> Result<queue::Status> {
     let tgt = target.connect().await?;
     queue::require(&tgt).await?;
+    // A queue staged by an older release lacks newer columns.
+    queue::migrate(&tgt).await?;
     let st = queue::status(&tgt, errors.max(0)).await?;
     if !ui::json_mode() {
         ui::print_status(&st);

@@ -13,7 +13,7 @@ use crate::db::ConnInfo;
 use crate::error::{Error, Result};
 use crate::queue::{self, VerifyState};
 use crate::ui;
-use crate::verify::{self, Outcome};
+use crate::verify::{self, Mismatch, Outcome};
 use crate::worker::{self, Conns, Job, PoolConfig, Shutdown, Step, StepError};
 
 pub struct VerifyConfig {
@@ -23,12 +23,45 @@ pub struct VerifyConfig {
     pub all: bool,
 }
 
+/// What a verify run found. `mismatched` counts this run's; `mismatches`
+/// lists every task whose last verification found a difference, this run's
+/// or an earlier one's (the exit code reflects them all).
 #[derive(Debug, Default, serde::Serialize)]
 pub struct VerifyReport {
     pub matched: u64,
     pub mismatched: u64,
     pub skipped: u64,
     pub seconds: f64,
+    pub mismatches: Vec<queue::MismatchedTask>,
+}
+
+/// Fail with exit code 7, carrying the report (for `--output json`), when
+/// any mismatch is on record.
+async fn finish(target: &ConnInfo, mut report: VerifyReport) -> Result<VerifyReport> {
+    let recorded = match target.connect().await {
+        Ok(tgt) => queue::mismatched_tasks(&tgt).await?,
+        Err(_) => Vec::new(),
+    };
+    let mismatched = (recorded.len() as u64).max(report.mismatched);
+    report.mismatches = recorded;
+    if mismatched > 0 {
+        for m in report.mismatches.iter().take(20) {
+            ui::line(&format!("  mismatch: {}: {}", chunk_label(m), m.message));
+        }
+        return Err(Error::VerifyMismatch {
+            mismatched,
+            report: serde_json::to_value(&report).unwrap_or_default(),
+        });
+    }
+    Ok(report)
+}
+
+fn chunk_label(m: &queue::MismatchedTask) -> String {
+    if m.part > 0 {
+        format!("{} (part {})", m.chunk, m.part)
+    } else {
+        m.chunk.to_string()
+    }
 }
 
 pub enum Event {
@@ -65,19 +98,20 @@ impl VerifyJob {
         let outcome = verify::verify_task(&c.src, &c.tgt, (&self.source, &self.target), &task)
             .await
             .map_err(fail)?;
-        let (state, message) = match &outcome {
-            Outcome::Match { rows } => (VerifyState::Match, format!("{rows} rows match")),
-            Outcome::Mismatch(m) => (VerifyState::Mismatch, m.clone()),
+        let (state, message, details) = match &outcome {
+            Outcome::Match { rows } => (VerifyState::Match, format!("{rows} rows match"), None),
+            Outcome::Mismatch(m) => (VerifyState::Mismatch, m.message.clone(), Some(m.details())),
             Outcome::SourceGone => (
                 VerifyState::Skipped,
                 "the source chunk no longer exists".into(),
+                None,
             ),
         };
         c.src
             .batch("COMMIT", "ending a transaction")
             .await
             .map_err(fail)?;
-        queue::complete_verify(&c.tgt, task.id, state, &message)
+        queue::complete_verify(&c.tgt, task.id, state, &message, details.as_ref())
             .await
             .map_err(fail)?;
         c.tgt
@@ -108,11 +142,18 @@ impl VerifyJob {
                 error: error.to_string(),
             });
         }
-        let message = format!("could not be verified: {error}");
-        queue::complete_verify(&c.tgt, task, VerifyState::Mismatch, &message).await?;
+        let mismatch = Mismatch::unreadable(format!("could not be verified: {error}"));
+        queue::complete_verify(
+            &c.tgt,
+            task,
+            VerifyState::Mismatch,
+            &mismatch.message,
+            Some(&mismatch.details()),
+        )
+        .await?;
         Ok(Event::Done {
             chunk,
-            outcome: Outcome::Mismatch(message),
+            outcome: Outcome::Mismatch(mismatch),
         })
     }
 }
@@ -139,6 +180,8 @@ impl Job for VerifyJob {
 pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> {
     let tgt = cfg.target.connect().await?;
     queue::require(&tgt).await?;
+    // A queue staged by an older release lacks newer columns.
+    queue::migrate(&tgt).await?;
     let src = cfg.source.connect().await?;
     // Both sides must have TimescaleDB (a clear error otherwise).
     let source_ext = catalog::extension(&src).await?;
@@ -150,23 +193,19 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     let todo = before.verify_pending;
     if todo == 0 {
         ui::line(&format!(
-            "Nothing to verify: {} chunk(s) verified ({} mismatched), {} not copied yet. \
-             Use --all to verify every copied chunk again.",
+            "Nothing to verify: {} task(s) verified ({} mismatched), {} not copied yet. \
+             Use --all to verify every copied task again.",
             before.verified_match + before.verified_mismatch,
             before.verified_mismatch,
             before.pending + before.failed
         ));
-        if before.verified_mismatch > 0 {
-            return Err(Error::VerifyMismatch {
-                mismatched: before.verified_mismatch,
-            });
-        }
-        return Ok(VerifyReport::default());
+        drop((src, tgt));
+        return finish(&cfg.target, VerifyReport::default()).await;
     }
     drop((src, tgt));
     let workers = cfg.parallelism.min(todo as usize).max(1);
     ui::line(&format!(
-        "Verifying {} chunk(s) with {} worker(s)",
+        "Verifying {} task(s) with {} worker(s)",
         ui::count(todo),
         workers
     ));
@@ -202,22 +241,25 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
             }
         };
         n += 1;
-        progress.advance(0);
+        progress.advance();
         match outcome {
             Outcome::Match { rows } => {
                 report.matched += 1;
-                ui::line(&format!(
+                progress.line(&format!(
                     "[{n}/{todo}] Verified chunk {chunk}: {} rows match",
                     ui::count(rows as u64)
                 ));
             }
             Outcome::Mismatch(m) => {
                 report.mismatched += 1;
-                progress.line(&format!("[{n}/{todo}] MISMATCH in chunk {chunk}: {m}"));
+                progress.line(&format!(
+                    "[{n}/{todo}] MISMATCH in chunk {chunk}: {}",
+                    m.message
+                ));
             }
             Outcome::SourceGone => {
                 report.skipped += 1;
-                ui::line(&format!(
+                progress.line(&format!(
                     "[{n}/{todo}] Skipped chunk {chunk}: it no longer exists on the source"
                 ));
             }
@@ -229,7 +271,7 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     progress.finish();
     report.seconds = clock.elapsed().as_secs_f64();
     ui::line(&format!(
-        "Verified {} chunk(s) in {}: {} match, {} mismatch, {} skipped.",
+        "Verified {} task(s) in {}: {} match, {} mismatch, {} skipped.",
         report.matched + report.mismatched + report.skipped,
         ui::duration(clock.elapsed()),
         report.matched,
@@ -238,20 +280,16 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     ));
     pool_result?;
     // The exit code reflects every mismatch on record, this run's or earlier.
-    let recorded = match cfg.target.connect().await {
-        Ok(tgt) => queue::counts(&tgt).await?.verified_mismatch,
-        Err(_) => report.mismatched,
-    };
-    if recorded > 0 {
-        return Err(Error::VerifyMismatch {
-            mismatched: recorded,
-        });
-    }
+    let report = finish(&cfg.target, report).await?;
     if shutdown.graceful.is_cancelled() {
         return Err(Error::Interrupted {
             abandoned: shutdown.hard.is_cancelled(),
         });
     }
-    ui::line("Execute the 'clean' command to remove hyperfill's queue from the target.");
+    ui::line(
+        "Every copied task matches. Next: `hyperfill refresh-caggs` to bring continuous \
+         aggregates up to date, re-enable the target's background jobs (README, step 8), \
+         then `hyperfill clean` to remove the queue.",
+    );
     Ok(report)
 }

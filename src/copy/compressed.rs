@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::ident::{quote_ident, QualifiedName};
 
 use super::invalidation::Suppressed;
-use super::{copy_rows, Context, PipeStats};
+use super::{copy_rows, Context, CopyStats};
 
 /// chunk.status bit: the chunk has rows outside its compressed batches.
 const STATUS_PARTIAL: i32 = 8;
@@ -27,6 +27,11 @@ FROM chunk_v c
 WHERE c.schema_name = $1 AND c.table_name = $2
   AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL"
 );
+
+/// Target. The rows the batches of a compressed chunk table hold: each batch
+/// (a row of the compressed chunk) records its row count in `_ts_meta_count`,
+/// in every supported release.
+const BATCH_ROWS: &str = "SELECT coalesce(sum(_ts_meta_count), 0)::bigint FROM ONLY ";
 
 /// A chunk's compression state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +170,7 @@ pub async fn copy_whole(
     source: (&QualifiedName, &ChunkState),
     target: (&QualifiedName, &ChunkState),
     quiet: &Suppressed,
-) -> Result<PipeStats> {
+) -> Result<CopyStats> {
     let (s_chunk, s_state) = source;
     let (t_chunk, t_state) = target;
     let Some(s_compressed) = &s_state.compressed else {
@@ -187,7 +192,7 @@ pub async fn copy_whole(
             diffs.join("; ")
         )));
     }
-    let mut stats = copy_rows(
+    let batches = copy_rows(
         ctx,
         src,
         tgt,
@@ -198,6 +203,21 @@ pub async fn copy_whole(
         None,
     )
     .await?;
+    // Counted on the target, which held no batches before this COPY: the
+    // same figure as on the source, without another read there.
+    let held: i64 = tgt
+        .query_one(
+            &format!("{BATCH_ROWS}{}", t_compressed.sql()),
+            &[],
+            &format!("counting the rows in the batches of {t_compressed}"),
+        )
+        .await?
+        .get(0);
+    let mut stats = CopyStats {
+        rows: held.max(0) as u64,
+        batches: batches.rows,
+        bytes: batches.bytes,
+    };
 
     if s_state.partial {
         let (cols, ht_cols) = tokio::try_join!(

@@ -7,7 +7,10 @@ pub mod invalidation;
 mod pipe;
 pub mod target_chunk;
 
-pub use pipe::{pipe, PipeStats, RateLimiter};
+pub use pipe::{pipe, Flow, PipeStats, RateLimiter};
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use crate::catalog::{self, Column, Extension};
 use crate::db::Db;
@@ -23,15 +26,39 @@ pub struct Context {
     /// How continuous-aggregate invalidations are kept out (see [`invalidation`]).
     pub invalidation: invalidation::Strategy,
     /// `--max-rate`, shared by all workers.
-    pub rate: Option<std::sync::Arc<RateLimiter>>,
+    pub rate: Option<Arc<RateLimiter>>,
+    /// Bytes read from the source so far, all workers together, counted as
+    /// they stream (for a live progress figure); `None`: not counted.
+    pub moved: Option<Arc<AtomicU64>>,
+}
+
+/// What one task moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    /// Logical rows: for compressed batches, the rows they hold.
+    pub rows: u64,
+    /// Compressed batches copied as they are (0 when none).
+    pub batches: u64,
+    /// Bytes of COPY data read from the source.
+    pub bytes: u64,
+}
+
+impl From<PipeStats> for CopyStats {
+    /// Rows streamed one by one: each is a logical row.
+    fn from(p: PipeStats) -> Self {
+        CopyStats {
+            rows: p.rows,
+            batches: 0,
+            bytes: p.bytes,
+        }
+    }
 }
 
 /// The result of one copy task.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Copied {
-        rows: u64,
-        bytes: u64,
+        stats: CopyStats,
         /// `None` only when nothing was copied into a chunk-less range.
         target_chunk: Option<QualifiedName>,
     },
@@ -113,8 +140,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             )));
         }
         return Ok(Outcome::Copied {
-            rows: stats.rows,
-            bytes: stats.bytes,
+            stats: stats.into(),
             target_chunk: created,
         });
     };
@@ -129,7 +155,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     let quiet = invalidation::suppress(tgt, &t_chunk, ctx.invalidation).await?;
     quiet.direct_writes(tgt).await?;
 
-    let stats = match (&filter, &s_state.compressed) {
+    let stats: CopyStats = match (&filter, &s_state.compressed) {
         // A whole compressed chunk: batches as they are.
         (None, Some(_)) => {
             compressed::copy_whole(
@@ -166,6 +192,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 None,
             )
             .await?
+            .into()
         }
         // A range inside the chunk: rows decompressed, and the target chunk
         // left as compressed as it was.
@@ -189,13 +216,12 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             if was_compressed {
                 compressed::compress(tgt, ctx, &t_chunk, &quiet).await?;
             }
-            stats
+            stats.into()
         }
     };
     quiet.restore(tgt).await?;
     Ok(Outcome::Copied {
-        rows: stats.rows,
-        bytes: stats.bytes,
+        stats,
         target_chunk: Some(t_chunk),
     })
 }
@@ -327,7 +353,10 @@ async fn copy_rows(
         &out,
         &inp,
         &format!("chunk {source}"),
-        ctx.rate.as_deref(),
+        Flow {
+            rate: ctx.rate.as_deref(),
+            moved: ctx.moved.as_deref(),
+        },
     )
     .await
 }

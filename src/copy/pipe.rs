@@ -1,6 +1,8 @@
 //! The streaming COPY pipe: source `COPY ... TO STDOUT` into target
 //! `COPY ... FROM STDIN`, with bounded memory.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 
@@ -47,9 +49,28 @@ pub struct PipeStats {
     pub bytes: u64,
 }
 
+/// How data may flow through one pipe.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow<'a> {
+    /// `--max-rate`, shared by all workers.
+    pub rate: Option<&'a RateLimiter>,
+    /// Bytes passed on to the target, all workers together.
+    pub moved: Option<&'a AtomicU64>,
+}
+
+/// Add bytes passed on to the target to the shared counter, if any.
+fn count(moved: Option<&AtomicU64>, n: u64) {
+    if let Some(m) = moved {
+        m.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// Run `copy_out` on the source and feed it to `copy_in` on the target. Both
 /// statements must use the same format and column list. Errors name the side
-/// that failed and `what`.
+/// that failed and `what`. `flow.moved`, when given, is increased by the
+/// bytes passed on to the target as they go (after `flow.rate` let them
+/// through, so a progress figure read from it shows the rate `--max-rate`
+/// allows).
 ///
 /// Every wait on either side (the start of each COPY, the next data from the
 /// source, a send to the target, the end) goes through [`Db::guard`]: on a
@@ -63,8 +84,9 @@ pub async fn pipe(
     copy_out: &str,
     copy_in: &str,
     what: &str,
-    rate: Option<&RateLimiter>,
+    flow: Flow<'_>,
 ) -> Result<PipeStats> {
+    let Flow { rate, moved } = flow;
     let sink = tgt
         .guard(
             &format!("starting COPY into {what}"),
@@ -94,14 +116,18 @@ pub async fn pipe(
             if let Some(r) = rate {
                 r.acquire(buf.len()).await;
             }
+            let n = buf.len() as u64;
             tgt.guard(&writing, sink.send(buf.split().freeze())).await?;
+            count(moved, n);
         }
     }
     if !buf.is_empty() {
         if let Some(r) = rate {
             r.acquire(buf.len()).await;
         }
+        let n = buf.len() as u64;
         tgt.guard(&writing, sink.send(buf.freeze())).await?;
+        count(moved, n);
     }
     let rows = tgt
         .guard(&format!("finishing COPY into {what}"), sink.finish())

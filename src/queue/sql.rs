@@ -10,6 +10,7 @@ pub const LOCK_KEY: i64 = 0x6879_7065_7266_696c; // "hyperfil"
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_queue.sql")),
     (2, include_str!("../../migrations/0002_task_parts.sql")),
+    (3, include_str!("../../migrations/0003_logical_rows.sql")),
 ];
 
 // language=PostgreSQL
@@ -144,14 +145,15 @@ LIMIT 1
 FOR NO KEY UPDATE SKIP LOCKED"
 );
 
-/// $1 id, $2 rows, $3 bytes, $4 started_at, $5 message, $6/$7 target chunk.
+/// $1 id, $2 logical rows, $3 bytes, $4 started_at, $5 message, $6/$7
+/// target chunk, $8 compressed batches (NULL: none).
 // language=PostgreSQL
 pub const COMPLETE_COPY: &str = "\
 UPDATE __hyperfill.task
-SET state = 'done', rows_copied = $2, bytes_copied = $3, started_at = $4,
+SET state = 'done', rows_copied = $2, bytes_copied = $3, started_at = $4, batches_copied = $8,
     finished_at = clock_timestamp(), message = $5, last_error = NULL,
     attempts = attempts + 1, target_chunk_schema = $6, target_chunk_name = $7,
-    verify_state = 'pending', verify_message = NULL, verified_at = NULL
+    verify_state = 'pending', verify_message = NULL, verified_at = NULL, verify_details = NULL
 WHERE id = $1";
 
 /// $1 id, $2 message.
@@ -186,12 +188,23 @@ WHERE id = (SELECT id FROM __hyperfill.task
             FOR UPDATE SKIP LOCKED)
 RETURNING state, attempts";
 
-/// $1 id, $2 verify state, $3 message.
+/// $1 id, $2 verify state, $3 message, $4 details (jsonb, NULL on a match).
 // language=PostgreSQL
 pub const COMPLETE_VERIFY: &str = "\
 UPDATE __hyperfill.task
-SET verify_state = $2, verify_message = $3, verified_at = clock_timestamp()
+SET verify_state = $2, verify_message = $3, verified_at = clock_timestamp(), verify_details = $4
 WHERE id = $1";
+
+/// The tasks whose last verification found a difference: hypertable
+/// schema and table, cagg view (or NULL), chunk schema and table, part,
+/// message, details.
+// language=PostgreSQL
+pub const MISMATCHED_TASKS: &str = "\
+SELECT hypertable_schema, hypertable_name,
+       CASE WHEN cagg_name IS NOT NULL THEN format('%I.%I', cagg_schema, cagg_name) END,
+       chunk_schema, chunk_name, part, coalesce(verify_message, ''), verify_details
+FROM __hyperfill.task WHERE state = 'done' AND verify_state = 'mismatch'
+ORDER BY hypertable_schema, hypertable_name, chunk_schema, chunk_name, part";
 
 /// Mark every copied task for verification again.
 // language=PostgreSQL
@@ -199,13 +212,23 @@ pub const RESET_VERIFY: &str = "\
 UPDATE __hyperfill.task SET verify_state = 'pending'
 WHERE state = 'done' AND verify_state IS DISTINCT FROM 'pending'";
 
-/// Counts per state: state, verify_state, tasks, rows, bytes, estimated bytes.
+/// Counts per state: state, verify_state, tasks, rows, bytes, estimated
+/// bytes. (Rows and bytes are the last copy's: a task re-queued by a wider
+/// stage carries them until it is copied again, so only `done` tasks' count.)
 // language=PostgreSQL
 pub const COUNTS: &str = "\
 SELECT state, verify_state, count(*), coalesce(sum(rows_copied), 0)::bigint,
        coalesce(sum(bytes_copied), 0)::bigint, coalesce(sum(estimated_bytes), 0)::bigint
 FROM __hyperfill.task
 GROUP BY state, verify_state";
+
+/// The chunks the tasks left to copy (pending or failed) belong to, and how
+/// many of those chunks are split into parts.
+// language=PostgreSQL
+pub const CHUNKS_TO_COPY: &str = "\
+SELECT count(DISTINCT (chunk_schema, chunk_name)),
+       count(DISTINCT (chunk_schema, chunk_name)) FILTER (WHERE part > 0)
+FROM __hyperfill.task WHERE state IN ('pending', 'failed')";
 
 /// Failed tasks with their errors: chunk schema, chunk name, error.
 // language=PostgreSQL
@@ -214,7 +237,9 @@ SELECT chunk_schema, chunk_name, coalesce(last_error, '')
 FROM __hyperfill.task WHERE state = 'failed' ORDER BY id";
 
 /// Per hypertable: schema, table, cagg view (or NULL), tasks per state,
-/// verification outcomes, rows and bytes copied, estimated bytes left.
+/// verification outcomes, logical rows, compressed batches and bytes copied
+/// (done tasks), estimated source bytes of the tasks left and of the done
+/// ones, chunks, chunks split into parts.
 // language=PostgreSQL
 pub const STATUS_BY_HYPERTABLE: &str = "\
 SELECT hypertable_schema, hypertable_name,
@@ -225,9 +250,13 @@ SELECT hypertable_schema, hypertable_name,
        count(*) FILTER (WHERE state = 'skipped'),
        count(*) FILTER (WHERE verify_state = 'match'),
        count(*) FILTER (WHERE verify_state = 'mismatch'),
-       coalesce(sum(rows_copied), 0)::bigint,
-       coalesce(sum(bytes_copied), 0)::bigint,
-       coalesce(sum(estimated_bytes) FILTER (WHERE state IN ('pending', 'failed')), 0)::bigint
+       coalesce(sum(rows_copied) FILTER (WHERE state = 'done'), 0)::bigint,
+       coalesce(sum(bytes_copied) FILTER (WHERE state = 'done'), 0)::bigint,
+       coalesce(sum(estimated_bytes) FILTER (WHERE state IN ('pending', 'failed')), 0)::bigint,
+       coalesce(sum(batches_copied) FILTER (WHERE state = 'done'), 0)::bigint,
+       coalesce(sum(estimated_bytes) FILTER (WHERE state = 'done'), 0)::bigint,
+       count(DISTINCT (chunk_schema, chunk_name)),
+       count(DISTINCT (chunk_schema, chunk_name)) FILTER (WHERE part > 0)
 FROM __hyperfill.task
 GROUP BY hypertable_schema, hypertable_name
 ORDER BY hypertable_schema, hypertable_name";

@@ -9,6 +9,7 @@ mod copy;
 mod errors;
 mod faults;
 mod load;
+mod numbers;
 mod ops;
 mod resume;
 mod stage;

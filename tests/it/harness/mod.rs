@@ -452,3 +452,16 @@ fn with_db_replaces_the_database() {
     );
     assert_eq!(with_db("postgres://u@h:1", "x"), "postgres://u@h:1/x");
 }
+
+/// `1234567` → `1,234,567`, as hyperfill prints counts.
+pub fn thousands(n: i64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && c != '-' && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
