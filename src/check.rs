@@ -77,7 +77,7 @@ impl Findings {
 
 /// Source. Continuous aggregates still in the old, non-finalized format.
 // language=PostgreSQL
-const PARTIAL_CAGGS: &str = "\
+pub(crate) const PARTIAL_CAGGS: &str = "\
 SELECT format('%I.%I', user_view_schema, user_view_name)
 FROM _timescaledb_catalog.continuous_agg WHERE NOT finalized ORDER BY 1";
 
@@ -86,7 +86,7 @@ FROM _timescaledb_catalog.continuous_agg WHERE NOT finalized ORDER BY 1";
 /// aggregate's view for a materialization hypertable (with a leading
 /// "continuous aggregate "), else the hypertable, else ''.
 // language=PostgreSQL
-const SCHEDULED_JOBS: &str = "\
+pub(crate) const SCHEDULED_JOBS: &str = "\
 SELECT j.id, j.proc_name::text,
        coalesce((SELECT 'continuous aggregate ' || format('%I.%I', ca.user_view_schema, ca.user_view_name)
                  FROM _timescaledb_catalog.continuous_agg ca WHERE ca.mat_hypertable_id = j.hypertable_id),
@@ -98,7 +98,7 @@ ORDER BY j.id";
 
 /// Source. Hypertables or chunks in a tablespace other than the default.
 // language=PostgreSQL
-const TABLESPACES: &str = "\
+pub(crate) const TABLESPACES: &str = "\
 SELECT DISTINCT t.spcname::text
 FROM _timescaledb_catalog.hypertable h
 JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', h.schema_name, h.table_name))
@@ -109,25 +109,27 @@ ORDER BY 1";
 
 /// Either side. The installation's uuid in TimescaleDB's metadata.
 // language=PostgreSQL
-const METADATA_UUID: &str = "SELECT value FROM _timescaledb_catalog.metadata WHERE key = 'uuid'";
+pub(crate) const METADATA_UUID: &str =
+    "SELECT value FROM _timescaledb_catalog.metadata WHERE key = 'uuid'";
 
 /// Either side. $1 = quoted hypertable. Privileges of the session's role:
 /// select, insert, delete, and whether it is a member of the owner's role.
 // language=PostgreSQL
-const TABLE_PRIVILEGES: &str = "\
+pub(crate) const TABLE_PRIVILEGES: &str = "\
 SELECT has_table_privilege($1::text, 'SELECT'), has_table_privilege($1::text, 'INSERT'),
        has_table_privilege($1::text, 'DELETE'), pg_has_role(c.relowner, 'USAGE')
 FROM pg_class c WHERE c.oid = to_regclass($1::text)";
 
 /// Target. May the role create the queue schema (or does the queue exist)?
 // language=PostgreSQL
-const CAN_CREATE_QUEUE: &str = "\
+pub(crate) const CAN_CREATE_QUEUE: &str = "\
 SELECT has_database_privilege(current_database(), 'CREATE')
     OR to_regnamespace('__hyperfill') IS NOT NULL";
 
 /// Either side. $1 = quoted hypertable. Its total size with every chunk.
 // language=PostgreSQL
-const HYPERTABLE_SIZE: &str = "SELECT coalesce(hypertable_size($1::text::regclass), 0)::bigint";
+pub(crate) const HYPERTABLE_SIZE: &str =
+    "SELECT coalesce(hypertable_size($1::text::regclass), 0)::bigint";
 
 /// Either side. The PostgreSQL version, for a side without TimescaleDB.
 // language=PostgreSQL
@@ -135,7 +137,7 @@ const SERVER_VERSION: &str = "SELECT current_setting('server_version')";
 
 /// Either side. Whether this session is encrypted.
 // language=PostgreSQL
-const SESSION_SSL: &str =
+pub(crate) const SESSION_SSL: &str =
     "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)";
 
 /// Either side. Time limits the server, the database or the role set for
@@ -236,7 +238,7 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
             Some("install TimescaleDB with the Timescale (community) license on the target".into()),
         );
     }
-    partial_caggs(&src, &mut f).await;
+    partial_caggs(&src, &s_ext.features, &mut f).await?;
     scheduled_jobs(&tgt, &mut f).await;
     tablespaces(&src, &mut f).await;
     metadata(&src, &tgt, &mut f).await;
@@ -489,11 +491,17 @@ async fn privileges(
     Ok(())
 }
 
-async fn partial_caggs(src: &Db, f: &mut Findings) {
-    // The `finalized` column exists while old-format caggs can exist at all.
-    let Ok(rows) = src.client.query(PARTIAL_CAGGS, &[]).await else {
-        return;
-    };
+async fn partial_caggs(src: &Db, features: &catalog::Features, f: &mut Findings) -> Result<()> {
+    if !features.old_format_caggs {
+        return Ok(());
+    }
+    let rows = src
+        .query(
+            PARTIAL_CAGGS,
+            &[],
+            "looking for old-format continuous aggregates",
+        )
+        .await?;
     for r in rows {
         let view: String = r.get(0);
         f.add(
@@ -504,6 +512,7 @@ async fn partial_caggs(src: &Db, f: &mut Findings) {
             Some(format!("migrate it first: CALL cagg_migrate('{view}');")),
         );
     }
+    Ok(())
 }
 
 async fn scheduled_jobs(tgt: &Db, f: &mut Findings) {

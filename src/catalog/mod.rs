@@ -3,7 +3,7 @@
 mod columns;
 #[macro_use]
 pub mod compat;
-mod sql;
+pub(crate) mod sql;
 
 pub use columns::{
     column_differences, hypertable_columns, relation_columns, text_copy_needed, Column,

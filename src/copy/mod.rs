@@ -30,8 +30,6 @@ pub struct Context {
     /// Bytes read from the source so far, all workers together, counted as
     /// they stream (for a live progress figure); `None`: not counted.
     pub moved: Option<Arc<AtomicU64>>,
-    /// `--stall-timeout`: how long a COPY may move nothing.
-    pub stall: std::time::Duration,
 }
 
 /// What one task moved.
@@ -358,7 +356,6 @@ async fn copy_rows(
         Flow {
             rate: ctx.rate.as_deref(),
             moved: ctx.moved.as_deref(),
-            stall: ctx.stall,
         },
     )
     .await

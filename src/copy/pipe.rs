@@ -2,13 +2,12 @@
 //! `COPY ... FROM STDIN`, with bounded memory.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 
 use crate::db::Db;
-use crate::error::{Error, Result, Side};
+use crate::error::Result;
 
 /// Rows are re-buffered into messages of about this size: fewer, larger
 /// CopyData messages to the target, and at most this much held per worker.
@@ -57,8 +56,6 @@ pub struct Flow<'a> {
     pub rate: Option<&'a RateLimiter>,
     /// Bytes passed on to the target, all workers together.
     pub moved: Option<&'a AtomicU64>,
-    /// How long any one wait may move nothing.
-    pub stall: Duration,
 }
 
 /// Add bytes passed on to the target to the shared counter, if any.
@@ -76,10 +73,10 @@ fn count(moved: Option<&AtomicU64>, n: u64) {
 /// allows).
 ///
 /// Every wait on either side (the start of each COPY, the next data from the
-/// source, a send to the target, the end) is bounded by `stall`: a server
-/// that stops answering, or a network that stops delivering while TCP still
-/// acknowledges (a frozen proxy, a stopped server process), fails the
-/// attempt with [`Error::Stalled`], which is transient. Waiting for
+/// source, a send to the target, the end) goes through [`Db::guard`]: on a
+/// worker's connection a server that stops answering, or a network that
+/// stops delivering while TCP still acknowledges (a frozen proxy), fails the
+/// attempt with `Error::Stalled` (transient) instead of hanging. Waiting for
 /// `--max-rate` does not count.
 pub async fn pipe(
     src: &Db,
@@ -89,53 +86,30 @@ pub async fn pipe(
     what: &str,
     flow: Flow<'_>,
 ) -> Result<PipeStats> {
-    let Flow { rate, moved, stall } = flow;
-    let stalled = |side, context: String| Error::Stalled {
-        side,
-        context,
-        timeout: stall,
-    };
-    async fn bounded<T>(
-        side: Side,
-        context: String,
-        stall: Duration,
-        f: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(stall, f).await {
-            Ok(r) => r.map_err(|e| Error::db(side, context, e)),
-            Err(_) => Err(Error::Stalled {
-                side,
-                context,
-                timeout: stall,
-            }),
-        }
-    }
-    let sink = bounded(
-        tgt.side,
-        format!("starting COPY into {what}"),
-        stall,
-        tgt.client.copy_in::<_, Bytes>(copy_in),
-    )
-    .await?;
-    let stream = bounded(
-        src.side,
-        format!("starting COPY out of {what}"),
-        stall,
-        src.client.copy_out(copy_out),
-    )
-    .await?;
+    let Flow { rate, moved } = flow;
+    let sink = tgt
+        .guard(
+            &format!("starting COPY into {what}"),
+            tgt.client.copy_in::<_, Bytes>(copy_in),
+        )
+        .await?;
+    let stream = src
+        .guard(
+            &format!("starting COPY out of {what}"),
+            src.client.copy_out(copy_out),
+        )
+        .await?;
     futures::pin_mut!(sink);
     futures::pin_mut!(stream);
 
+    let reading = format!("reading COPY data of {what}");
+    let writing = format!("writing COPY data into {what}");
     let mut buf = BytesMut::with_capacity(BUFFER);
     let mut bytes = 0u64;
-    loop {
-        let next = tokio::time::timeout(stall, stream.next())
-            .await
-            .map_err(|_| stalled(src.side, format!("reading COPY data of {what}")))?;
-        let Some(data) = next else { break };
-        let data =
-            data.map_err(|e| Error::db(src.side, format!("reading COPY data of {what}"), e))?;
+    while let Some(data) = src
+        .guard(&reading, async { stream.next().await.transpose() })
+        .await?
+    {
         bytes += data.len() as u64;
         buf.extend_from_slice(&data);
         if buf.len() >= BUFFER {
@@ -143,13 +117,7 @@ pub async fn pipe(
                 r.acquire(buf.len()).await;
             }
             let n = buf.len() as u64;
-            bounded(
-                tgt.side,
-                format!("writing COPY data into {what}"),
-                stall,
-                sink.send(buf.split().freeze()),
-            )
-            .await?;
+            tgt.guard(&writing, sink.send(buf.split().freeze())).await?;
             count(moved, n);
         }
     }
@@ -158,21 +126,11 @@ pub async fn pipe(
             r.acquire(buf.len()).await;
         }
         let n = buf.len() as u64;
-        bounded(
-            tgt.side,
-            format!("writing COPY data into {what}"),
-            stall,
-            sink.send(buf.freeze()),
-        )
-        .await?;
+        tgt.guard(&writing, sink.send(buf.freeze())).await?;
         count(moved, n);
     }
-    let rows = bounded(
-        tgt.side,
-        format!("finishing COPY into {what}"),
-        stall,
-        sink.finish(),
-    )
-    .await?;
+    let rows = tgt
+        .guard(&format!("finishing COPY into {what}"), sink.finish())
+        .await?;
     Ok(PipeStats { rows, bytes })
 }

@@ -13,4 +13,5 @@ mod numbers;
 mod ops;
 mod resume;
 mod stage;
+mod statements;
 mod tls;
