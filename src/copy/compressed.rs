@@ -14,6 +14,9 @@ use super::{copy_rows, Context, CopyStats};
 
 /// chunk.status bit: the chunk has rows outside its compressed batches.
 const STATUS_PARTIAL: i32 = 8;
+/// chunk.status bit: the chunk is frozen (`freeze_chunk`): TimescaleDB
+/// refuses writes to it, from 2.23 also a COPY straight into it.
+const STATUS_FROZEN: i32 = 4;
 
 /// Either side. $1 = chunk schema, $2 = chunk table. The compressed chunk
 /// (schema, table; NULL when not compressed; from 2.29 the standalone
@@ -38,6 +41,7 @@ const BATCH_ROWS: &str = "SELECT coalesce(sum(_ts_meta_count), 0)::bigint FROM O
 pub struct ChunkState {
     pub compressed: Option<QualifiedName>,
     pub partial: bool,
+    pub frozen: bool,
 }
 
 /// The compression state of a chunk, or `None` when it no longer exists.
@@ -59,6 +63,7 @@ pub async fn chunk_state(
             _ => None,
         },
         partial: r.get::<_, i32>(2) & STATUS_PARTIAL != 0,
+        frozen: r.get::<_, i32>(2) & STATUS_FROZEN != 0,
     }))
 }
 
@@ -67,6 +72,30 @@ async fn call(db: &Db, ext: &Extension, function: &str, chunk: &QualifiedName) -
     let sql = format!(
         "SELECT {}.{function}($1::text::regclass)",
         quote_ident(&ext.schema)
+    );
+    db.execute(&sql, &[&chunk.sql()], &format!("{function} of {chunk}"))
+        .await?;
+    Ok(())
+}
+
+/// `unfreeze_chunk` (before writing into a frozen target chunk) or
+/// `freeze_chunk` (after), inside a task's transaction: the chunk ends as
+/// frozen as it was.
+pub async fn set_frozen(
+    db: &Db,
+    ext: &Extension,
+    chunk: &QualifiedName,
+    frozen: bool,
+) -> Result<()> {
+    let function = if frozen {
+        "freeze_chunk"
+    } else {
+        "unfreeze_chunk"
+    };
+    // Internal functions, in the functions schema read from the catalog.
+    let sql = format!(
+        "SELECT {}.{function}($1::text::regclass)",
+        quote_ident(&ext.functions_schema)
     );
     db.execute(&sql, &[&chunk.sql()], &format!("{function} of {chunk}"))
         .await?;

@@ -153,6 +153,11 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         t_state.ok_or_else(|| Error::Internal(format!("target chunk {t_chunk} vanished")))?;
     check_columns(&task.chunk, &t_chunk, &src_cols, &tgt_cols)?;
     let quiet = invalidation::suppress(tgt, &t_chunk, ctx.invalidation).await?;
+    if t_state.frozen {
+        // Restored from a source whose chunk was frozen: thaw it for this
+        // transaction only.
+        compressed::set_frozen(tgt, &ctx.target, &t_chunk, false).await?;
+    }
     quiet.direct_writes(tgt).await?;
 
     let stats: CopyStats = match (&filter, &s_state.compressed) {
@@ -220,6 +225,9 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         }
     };
     quiet.restore(tgt).await?;
+    if t_state.frozen {
+        compressed::set_frozen(tgt, &ctx.target, &t_chunk, true).await?;
+    }
     Ok(Outcome::Copied {
         stats,
         target_chunk: Some(t_chunk),

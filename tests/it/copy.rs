@@ -482,3 +482,46 @@ async fn copy_with_snapshot_reads_the_source_as_of_the_exported_snapshot() {
         .assert_code(2);
     db.cleanup().await;
 }
+
+/// Status bit 4 (frozen) of the `metrics` chunks holding 2024-01-01, from
+/// functions and views every release has.
+async fn frozen_chunks(c: &tokio_postgres::Client) -> i64 {
+    crate::harness::scalar(
+        c,
+        "SELECT count(*) FROM timescaledb_information.chunks i
+         WHERE i.hypertable_name = 'metrics'
+           AND _timescaledb_functions.chunk_status(format('%I.%I', i.chunk_schema, i.chunk_name)::regclass) & 4 <> 0",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn copy_into_target_chunks_restored_frozen_fills_them_and_keeps_them_frozen() {
+    let Some(db) = Dbs::licensed("copy_frozen").await else {
+        return;
+    };
+    db.src.batch_execute(METRICS).await.unwrap();
+    db.src.batch_execute(METRICS_DATA).await.unwrap();
+    db.src
+        .batch_execute(
+            "SELECT _timescaledb_functions.freeze_chunk(c)
+             FROM show_chunks('metrics', older_than => '2024-01-02'::timestamptz) c",
+        )
+        .await
+        .unwrap();
+    let frozen = frozen_chunks(&db.src).await;
+    assert!(frozen > 0);
+    // pg_dump carries the chunk catalog, frozen status included.
+    db.restore_schema_with_pg_dump().await.unwrap();
+    assert_eq!(frozen_chunks(&db.tgt).await, frozen);
+    db.stage(&["--until", "2024-01-11"]).await.assert_ok();
+    db.copy(&[]).await.assert_ok();
+    let all = "time, device, v";
+    assert_eq!(
+        fingerprint(&db.src, "metrics", all, "").await,
+        fingerprint(&db.tgt, "metrics", all, "").await,
+        "rows differ"
+    );
+    assert_eq!(frozen_chunks(&db.tgt).await, frozen, "frozen chunks thawed");
+    db.cleanup().await;
+}

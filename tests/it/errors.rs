@@ -318,3 +318,48 @@ async fn stage_with_a_filter_matching_nothing_is_an_error() {
     assert_nothing_changed(&db).await;
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn stage_refuses_a_uuidv7_partitioned_hypertable_naming_it() {
+    let Some(db) = with_metrics("err_uuid_time").await else {
+        return;
+    };
+    let has_uuid_time: bool = db
+        .src
+        .query_one("SELECT to_regproc('to_uuidv7') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if !has_uuid_time {
+        crate::harness::skip(
+            "stage_refuses_a_uuidv7_partitioned_hypertable_naming_it",
+            "this TimescaleDB release (before 2.22) cannot partition by a UUIDv7 column",
+            "HYPERFILL_REQUIRE_UUID_TIME",
+        );
+        db.cleanup().await;
+        return;
+    }
+    db.both(
+        "CREATE TABLE ev (id uuid NOT NULL, v int);
+         SELECT create_hypertable('ev', 'id', chunk_time_interval => interval '1 day');",
+    )
+    .await
+    .unwrap();
+    db.src
+        .batch_execute(
+            "INSERT INTO ev SELECT to_uuidv7(t), 1
+             FROM generate_series('2024-01-01'::timestamptz, '2024-01-03', '1 hour') t",
+        )
+        .await
+        .unwrap();
+    let r = db.stage(&["--until", "2024-01-02"]).await;
+    r.assert_code(2)
+        .assert_contains("\"public\".\"ev\" (time column \"id\" is uuid)")
+        .assert_contains("--filter");
+    assert_nothing_changed(&db).await;
+    // Leaving it out stages the rest.
+    db.stage(&["--until", "2024-01-05", "--filter", "^public\\.metrics$"])
+        .await
+        .assert_ok();
+    db.cleanup().await;
+}
