@@ -174,7 +174,8 @@ pub struct CopyArgs {
     pub parallelism: u16,
 
     /// How many times a task is tried when it fails with a retryable error
-    /// (lost connection, serialization failure, deadlock, shutdown)
+    /// (lost connection, serialization failure, a hot-standby source's
+    /// recovery conflict, deadlock, shutdown)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
 

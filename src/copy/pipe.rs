@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 
 use crate::db::Db;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Rows are re-buffered into messages of about this size: fewer, larger
 /// CopyData messages to the target, and at most this much held per worker.
@@ -62,20 +62,19 @@ pub async fn pipe(
         .client
         .copy_in::<_, Bytes>(copy_in)
         .await
-        .map_err(|e| Error::db(tgt.side, format!("starting COPY into {what}"), e))?;
+        .map_err(|e| tgt.error(format!("starting COPY into {what}"), e))?;
     let stream = src
         .client
         .copy_out(copy_out)
         .await
-        .map_err(|e| Error::db(src.side, format!("starting COPY out of {what}"), e))?;
+        .map_err(|e| src.error(format!("starting COPY out of {what}"), e))?;
     futures::pin_mut!(sink);
     futures::pin_mut!(stream);
 
     let mut buf = BytesMut::with_capacity(BUFFER);
     let mut bytes = 0u64;
     while let Some(data) = stream.next().await {
-        let data =
-            data.map_err(|e| Error::db(src.side, format!("reading COPY data of {what}"), e))?;
+        let data = data.map_err(|e| src.error(format!("reading COPY data of {what}"), e))?;
         bytes += data.len() as u64;
         buf.extend_from_slice(&data);
         if buf.len() >= BUFFER {
@@ -84,7 +83,7 @@ pub async fn pipe(
             }
             sink.send(buf.split().freeze())
                 .await
-                .map_err(|e| Error::db(tgt.side, format!("writing COPY data into {what}"), e))?;
+                .map_err(|e| tgt.error(format!("writing COPY data into {what}"), e))?;
         }
     }
     if !buf.is_empty() {
@@ -93,11 +92,11 @@ pub async fn pipe(
         }
         sink.send(buf.freeze())
             .await
-            .map_err(|e| Error::db(tgt.side, format!("writing COPY data into {what}"), e))?;
+            .map_err(|e| tgt.error(format!("writing COPY data into {what}"), e))?;
     }
     let rows = sink
         .finish()
         .await
-        .map_err(|e| Error::db(tgt.side, format!("finishing COPY into {what}"), e))?;
+        .map_err(|e| tgt.error(format!("finishing COPY into {what}"), e))?;
     Ok(PipeStats { rows, bytes })
 }
