@@ -8,6 +8,7 @@ mod compressed;
 mod copy;
 mod errors;
 mod ops;
+mod replica;
 mod resume;
 mod stage;
 mod tls;
