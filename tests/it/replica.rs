@@ -66,7 +66,7 @@ async fn replica_as_source_stage_copy_verify_and_check_report_the_standby() {
     let Some(db) = Dbs::new("replica_source").await else {
         return;
     };
-    let Some(pair) = ReplicaPair::start("replica_source", &[]).await else {
+    let Some(pair) = ReplicaPair::start(&db, &[]).await else {
         db.cleanup().await;
         return;
     };
@@ -139,7 +139,7 @@ async fn replica_snapshot_exported_on_the_replica_is_read_by_stage_and_copy() {
     let Some(db) = Dbs::new("replica_snapshot").await else {
         return;
     };
-    let Some(pair) = ReplicaPair::start("replica_snapshot", &[]).await else {
+    let Some(pair) = ReplicaPair::start(&db, &[]).await else {
         db.cleanup().await;
         return;
     };
@@ -206,7 +206,7 @@ async fn replica_compressed_chunks_are_copied_from_a_hot_standby() {
     let Some(db) = Dbs::licensed("replica_compressed").await else {
         return;
     };
-    let Some(pair) = ReplicaPair::start("replica_compressed", &[]).await else {
+    let Some(pair) = ReplicaPair::start(&db, &[]).await else {
         db.cleanup().await;
         return;
     };
@@ -255,7 +255,7 @@ async fn replica_recovery_conflicts_are_retried_and_explained() {
     };
     // A standby that cancels any read in the way of replay at once.
     let Some(pair) = ReplicaPair::start(
-        "replica_conflict",
+        &db,
         &[
             "hot_standby_feedback = off",
             "max_standby_streaming_delay = 0",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::{connect, Result};
+use super::{connect, Dbs, Result};
 
 const PRIMARY_PORT: u16 = 5001;
 const REPLICA_PORT: u16 = 5002;
@@ -63,22 +63,73 @@ fn pg_command(program: &Path) -> std::process::Command {
     }
 }
 
+/// Why the local installation cannot run a pair whose TimescaleDB matches
+/// the target server's version, if it cannot.
+fn cannot_run_here(bindir: &Path, target_version: &str) -> Option<String> {
+    for program in ["pg_basebackup", "initdb", "pg_ctl", "pg_config"] {
+        if !bindir.join(program).exists() {
+            return Some(format!("{} not found", bindir.join(program).display()));
+        }
+    }
+    let sharedir = std::process::Command::new(bindir.join("pg_config"))
+        .arg("--sharedir")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let control = Path::new(&sharedir).join("extension/timescaledb.control");
+    let local = std::fs::read_to_string(&control).ok().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("default_version"))
+            .map(|v| {
+                v.trim_start_matches([' ', '='])
+                    .trim()
+                    .trim_matches('\'')
+                    .to_string()
+            })
+    });
+    match local {
+        None => Some(format!(
+            "no TimescaleDB in {} ({})",
+            bindir.display(),
+            control.display()
+        )),
+        Some(v) if v != target_version => Some(format!(
+            "the TimescaleDB in {} is {v}, the target server's is {target_version}",
+            bindir.display()
+        )),
+        Some(_) => None,
+    }
+}
+
 impl ReplicaPair {
     /// Start a primary, clone it with `pg_basebackup -R`, add
     /// `replica_conf` (postgresql.conf lines) to the clone and start it as
-    /// a hot standby. `None`, loudly, when pg_basebackup is missing.
-    pub async fn start(name: &str, replica_conf: &[&str]) -> Option<ReplicaPair> {
+    /// a hot standby. The pair runs the local installation
+    /// (`HYPERFILL_PG_BINDIR`), so its TimescaleDB must be the target
+    /// server's version. `None`, loudly, when this machine cannot make the
+    /// pair: no pg_basebackup, or no such TimescaleDB in that installation
+    /// (test servers in Docker); `HYPERFILL_REQUIRE_DB=1` makes that a
+    /// failure.
+    pub async fn start(db: &Dbs, replica_conf: &[&str]) -> Option<ReplicaPair> {
+        let name = db.name.as_str();
         let bindir = PathBuf::from(
             std::env::var("HYPERFILL_PG_BINDIR")
                 .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
         );
-        if !bindir.join("pg_basebackup").exists() {
+        let target_version: String = db
+            .tgt
+            .query_one(
+                "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+                &[],
+            )
+            .await
+            .expect("the target's TimescaleDB version")
+            .get(0);
+        if let Some(why) = cannot_run_here(&bindir, &target_version) {
             super::skip(
                 name,
-                &format!(
-                    "{} not found: a streaming replica cannot be made",
-                    bindir.join("pg_basebackup").display()
-                ),
+                &format!("a streaming replica cannot be made here: {why}"),
                 "HYPERFILL_REQUIRE_DB",
             );
             return None;
@@ -315,4 +366,13 @@ impl Drop for ReplicaPair {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+#[test]
+fn a_missing_installation_is_a_reason_to_skip() {
+    let why = cannot_run_here(Path::new("/nonexistent/bin"), "2.19.3").expect("a reason");
+    assert!(
+        why.contains("/nonexistent/bin/pg_basebackup not found"),
+        "{why}"
+    );
 }
