@@ -170,6 +170,18 @@ SELECT pg_is_in_recovery(),
 const SESSION_SSL: &str =
     "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)";
 
+/// Either side. Time limits the server, the database or the role set for
+/// sessions (`reset_val`: what they are before hyperfill's own SETs),
+/// when not 0: name, value with its unit.
+// language=PostgreSQL
+const SESSION_TIMEOUTS: &str = "\
+SELECT name, reset_val || coalesce(unit, '')
+FROM pg_settings
+WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout',
+               'transaction_timeout', 'lock_timeout')
+  AND reset_val <> '0'
+ORDER BY name";
+
 pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> Result<Report> {
     let src = source.connect().await?;
     let tgt = target.connect().await?;
@@ -232,6 +244,9 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
     tablespaces(&src, &mut f).await;
     metadata(&src, &tgt, &mut f).await;
     let source_standby = standby(&src, &mut f).await?;
+    for (side, db) in [(Side::Source, &src), (Side::Target, &tgt)] {
+        timeouts(side, db, &mut f).await;
+    }
 
     let can_queue = tgt
         .query_one(CAN_CREATE_QUEUE, &[], "checking privileges")
@@ -485,6 +500,40 @@ async fn tablespaces(src: &Db, f: &mut Findings) {
             format!("hypertables or chunks use custom tablespaces: {}", names.join(", ")),
             Some("dump with --no-tablespaces (target chunks then use the default tablespace), or create the same tablespaces on the target".into()),
         );
+    }
+}
+
+/// Server, database or role time limits that would interrupt copies.
+async fn timeouts(side: Side, db: &Db, f: &mut Findings) {
+    let Ok(rows) = db.client.query(SESSION_TIMEOUTS, &[]).await else {
+        return;
+    };
+    for r in rows {
+        let (name, value): (String, String) = (r.get(0), r.get(1));
+        if name == "lock_timeout" {
+            f.add(
+                Severity::Warning,
+                "lock-timeout",
+                Some(side),
+                format!(
+                    "lock_timeout = {value}: a copy that waits longer for a lock (creating or \
+                     compressing a chunk, behind a DDL or a long transaction) fails its attempt \
+                     and is retried, up to --max-attempts"
+                ),
+                Some("to let copies wait instead, ALTER ROLE <the role hyperfill uses> SET lock_timeout = 0".into()),
+            );
+        } else {
+            f.add(
+                Severity::Note,
+                "session-timeout",
+                Some(side),
+                format!(
+                    "{name} = {value} would interrupt long copies; hyperfill sets it to 0 in its \
+                     own sessions, so copies are not interrupted (other sessions keep it)"
+                ),
+                None,
+            );
+        }
     }
 }
 

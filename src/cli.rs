@@ -173,11 +173,18 @@ pub struct CopyArgs {
     #[arg(short = 'p', long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=512))]
     pub parallelism: u16,
 
-    /// How many times a task is tried when it fails with a retryable error
-    /// (lost connection, serialization failure, a hot-standby source's
-    /// recovery conflict, deadlock, shutdown)
+    /// How many times a task is tried in one run when it fails with a
+    /// transient error (lost connection, serialization failure, a
+    /// hot-standby source's recovery conflict, deadlock, shutdown, lock
+    /// timeout, stall); a permanent error (constraint, data, privilege,
+    /// missing object) fails it at once
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
+
+    /// Seconds a chunk's COPY may move no data at all before the attempt
+    /// fails (a stuck server or network) and the task is tried again
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub stall_timeout: u64,
 
     /// Run ANALYZE on each target chunk after it is copied
     #[arg(long)]

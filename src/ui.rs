@@ -3,7 +3,7 @@
 //! prints results.
 
 use std::io::{IsTerminal, Write};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -60,6 +60,31 @@ pub fn json(v: &serde_json::Value) {
     let _ = out.flush();
 }
 
+/// The bars being drawn now, so that a notice (ctrl-c) can print above them
+/// and `main` can clear them when it exits without the command's help.
+static ACTIVE: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// A message for the operator on stderr, above the progress bars if any
+/// (what a signal does, for example).
+pub fn notice(s: &str) {
+    let active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let print = || {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{s}");
+    };
+    match active {
+        Some(mp) => mp.suspend(print),
+        None => print(),
+    }
+}
+
+/// Remove any progress bar from the terminal (before exiting early).
+pub fn clear_progress() {
+    if let Some(mp) = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = mp.clear();
+    }
+}
+
 /// Progress of `copy` and `verify`: two bars (chunks; source bytes with
 /// throughput and ETA) on a terminal, with each finished chunk's line printed
 /// above them; without a terminal, or with `--no-progress`, just the lines.
@@ -93,8 +118,16 @@ impl Progress {
             bar.set_prefix("on source");
             bar
         });
+        *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(mp.clone());
         Progress {
             bars: Some((mp, chunk_bar, byte_bar)),
+        }
+    }
+
+    /// The number of chunks grew (tasks staged during the run).
+    pub fn set_total(&self, chunks: u64) {
+        if let Some((_, bar, _)) = &self.bars {
+            bar.set_length(chunks);
         }
     }
 
@@ -118,6 +151,7 @@ impl Progress {
 
     /// Remove the bars before the summary.
     pub fn finish(&self) {
+        ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some((mp, chunks, bytes)) = &self.bars {
             chunks.finish_and_clear();
             if let Some(b) = bytes {

@@ -1,9 +1,12 @@
 //! Read-only TimescaleDB introspection. Nothing in this module writes.
 
 mod columns;
+#[macro_use]
+pub mod compat;
 mod sql;
 
 pub use columns::{column_differences, hypertable_columns, relation_columns, Column};
+pub use compat::Features;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -44,6 +47,8 @@ pub struct Extension {
     pub functions_schema: String,
     /// `timescale` or `apache`.
     pub license: String,
+    /// What this release needs (see `compat.rs`).
+    pub features: Features,
 }
 
 impl Extension {
@@ -83,6 +88,7 @@ pub async fn extension(db: &Db) -> Result<Extension> {
         schema,
         functions_schema,
         license,
+        features: Features::for_version(version),
     })
 }
 
@@ -242,10 +248,14 @@ pub async fn selected_hypertables(db: &Db, sel: &Selection) -> Result<Vec<Select
 }
 
 /// Every non-dropped chunk of the selected hypertables, newest first.
-pub async fn source_chunks(db: &Db, sel: &Selection) -> Result<Vec<SourceChunk>> {
+pub async fn source_chunks(
+    db: &Db,
+    features: &Features,
+    sel: &Selection,
+) -> Result<Vec<SourceChunk>> {
     let rows = db
         .query(
-            sql::SOURCE_CHUNKS,
+            features.sql(&sql::SOURCE_CHUNKS),
             &[&sel.filter, &sel.cascade_up, &sel.cascade_down],
             "reading chunks from the TimescaleDB catalog",
         )
@@ -272,11 +282,12 @@ pub async fn source_chunks(db: &Db, sel: &Selection) -> Result<Vec<SourceChunk>>
 /// Chunks of one target hypertable, keyed by their slices.
 pub async fn target_chunks_by_slices(
     db: &Db,
+    features: &Features,
     hypertable: &QualifiedName,
 ) -> Result<Vec<(Vec<Slice>, QualifiedName)>> {
     let rows = db
         .query(
-            sql::CHUNKS_OF_HYPERTABLE,
+            features.sql(&sql::CHUNKS_OF_HYPERTABLE),
             &[&hypertable.schema, &hypertable.name],
             &format!("reading the chunks of {hypertable}"),
         )
@@ -290,10 +301,10 @@ pub async fn target_chunks_by_slices(
 }
 
 /// Whether a chunk still exists and is not marked dropped.
-pub async fn chunk_exists(db: &Db, chunk: &QualifiedName) -> Result<bool> {
+pub async fn chunk_exists(db: &Db, features: &Features, chunk: &QualifiedName) -> Result<bool> {
     let row = db
         .query_one(
-            sql::CHUNK_EXISTS,
+            features.sql(&sql::CHUNK_EXISTS),
             &[&chunk.schema, &chunk.name],
             &format!("looking up chunk {chunk}"),
         )
@@ -445,6 +456,7 @@ mod tests {
             schema: "public".into(),
             functions_schema: "_timescaledb_functions".into(),
             license: "timescale".into(),
+            features: Features::for_version(Version::parse(v).unwrap()),
         };
         let err = ensure_compatible(&mk("2.19.3"), &mk("2.18.0")).unwrap_err();
         let msg = err.to_string();

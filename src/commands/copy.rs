@@ -6,13 +6,14 @@ use std::time::{Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use tokio_postgres::error::SqlState;
 
 use crate::catalog;
 use crate::copy::{self, Context, Outcome};
 use crate::db::{ConnInfo, Db};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 use crate::ident::{quote_literal, QualifiedName};
-use crate::queue::{self, AfterFailure, CopyDone, Task};
+use crate::queue::{self, AfterFailure, CopyDone, Recorded, Task, TaskState};
 use crate::ui;
 use crate::worker::{self, Conns, Job, PoolConfig, Shutdown, Step, StepError};
 
@@ -21,6 +22,7 @@ pub struct CopyConfig {
     pub target: ConnInfo,
     pub parallelism: usize,
     pub max_attempts: u32,
+    pub stall_timeout: std::time::Duration,
     pub analyze: bool,
     pub max_rate: Option<u64>,
     pub requeue_mismatched: bool,
@@ -39,6 +41,7 @@ pub struct CopyReport {
 
 pub enum Event {
     Copied {
+        task: i64,
         chunk: String,
         rows: u64,
         bytes: u64,
@@ -46,12 +49,15 @@ pub enum Event {
         estimated: u64,
     },
     Skipped {
+        task: i64,
         chunk: String,
         estimated: u64,
     },
     Failed {
+        task: i64,
         chunk: String,
         error: String,
+        /// The task is now `failed`: no more attempts in this run.
         final_attempt: bool,
         attempt: u32,
         estimated: u64,
@@ -64,12 +70,13 @@ struct Tried {
     chunk: QualifiedName,
     label: String,
     estimated: u64,
-    attempts: u32,
+    /// Failed attempts this process could not record (another worker had
+    /// claimed the task again first).
+    unrecorded: u32,
 }
 
 struct CopyJob {
     ctx: Context,
-    run_started: SystemTime,
     max_attempts: u32,
     analyze: bool,
     /// Every task this process tried, for failure records.
@@ -95,15 +102,22 @@ pub async fn begin_source(src: &Db, task: &Task) -> Result<()> {
     Ok(())
 }
 
+/// Taken right after the claim: a failed attempt rolls back to it, keeping
+/// the task's row lock, and records the failure before committing.
+// language=PostgreSQL
+const SAVEPOINT: &str = "SAVEPOINT hyperfill_claimed";
+// language=PostgreSQL
+const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT hyperfill_claimed";
+
 impl CopyJob {
-    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError> {
+    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError<Event>> {
         c.tgt
             .batch(
                 "BEGIN; SET LOCAL synchronous_commit = off",
                 "starting a transaction",
             )
             .await?;
-        let Some(task) = queue::claim_copy(&c.tgt, self.run_started).await? else {
+        let Some(task) = queue::claim_copy(&c.tgt, self.max_attempts).await? else {
             c.tgt.batch("ROLLBACK", "ending a transaction").await?;
             return Ok(Step::Idle);
         };
@@ -115,19 +129,33 @@ impl CopyJob {
                 chunk: task.chunk.clone(),
                 label: task.label(),
                 estimated: task.estimated_bytes.max(0) as u64,
-                attempts: 0,
+                unrecorded: 0,
             });
+        let result = async {
+            c.tgt.batch(SAVEPOINT, "starting the task").await?;
+            self.attempt(c, &task).await
+        }
+        .await;
+        match result {
+            Ok(event) => Ok(Step::Did(event)),
+            Err(error) => {
+                let recorded = self.record_in_claim(c, &task, &error).await;
+                Err(StepError {
+                    task: Some(task.id),
+                    error,
+                    recorded,
+                })
+            }
+        }
+    }
+
+    /// Copy one claimed task and commit it.
+    async fn attempt(&self, c: &Conns, task: &Task) -> Result<Event> {
         let estimated = task.estimated_bytes.max(0) as u64;
-        let fail = |error: Error| StepError {
-            task: Some(task.id),
-            error,
-        };
         let started = SystemTime::now();
         let clock = Instant::now();
-        begin_source(&c.src, &task).await.map_err(fail)?;
-        let outcome = copy::copy_task(&c.src, &c.tgt, &self.ctx, &task)
-            .await
-            .map_err(fail)?;
+        begin_source(&c.src, task).await?;
+        let outcome = copy::copy_task(&c.src, &c.tgt, &self.ctx, task).await?;
         let event = match outcome {
             Outcome::Copied {
                 rows,
@@ -148,27 +176,25 @@ impl CopyJob {
                     message: &message,
                     target_chunk: target_chunk.as_ref(),
                 };
-                queue::complete_copy(&c.tgt, task.id, &done)
-                    .await
-                    .map_err(fail)?;
-                c.src
-                    .batch("COMMIT", "ending a transaction")
-                    .await
-                    .map_err(fail)?;
-                c.tgt
-                    .batch("COMMIT", "committing the copied chunk")
-                    .await
-                    .map_err(fail)?;
+                queue::complete_copy(&c.tgt, task.id, &done).await?;
+                c.src.batch("COMMIT", "ending a transaction").await?;
+                c.tgt.batch("COMMIT", "committing the copied chunk").await?;
                 if let (true, Some(target_chunk)) = (self.analyze, &target_chunk) {
-                    c.tgt
+                    // The chunk is committed: a failed ANALYZE is not a
+                    // failed copy.
+                    if let Err(e) = c
+                        .tgt
                         .batch(
                             &format!("ANALYZE {}", target_chunk.sql()),
                             "analyzing the copied chunk",
                         )
                         .await
-                        .map_err(fail)?;
+                    {
+                        tracing::warn!(chunk = %target_chunk, error = %e, "ANALYZE failed");
+                    }
                 }
                 Event::Copied {
+                    task: task.id,
                     chunk: task.label(),
                     rows,
                     bytes,
@@ -177,79 +203,140 @@ impl CopyJob {
                 }
             }
             Outcome::SourceGone => {
-                queue::skip_copy(&c.tgt, task.id, "the source chunk no longer exists")
-                    .await
-                    .map_err(fail)?;
-                c.src
-                    .batch("COMMIT", "ending a transaction")
-                    .await
-                    .map_err(fail)?;
-                c.tgt
-                    .batch("COMMIT", "ending a transaction")
-                    .await
-                    .map_err(fail)?;
+                queue::skip_copy(&c.tgt, task.id, "the source chunk no longer exists").await?;
+                c.src.batch("COMMIT", "ending a transaction").await?;
+                c.tgt.batch("COMMIT", "ending a transaction").await?;
                 Event::Skipped {
+                    task: task.id,
                     chunk: task.label(),
                     estimated,
                 }
             }
         };
-        Ok(Step::Did(event))
+        Ok(event)
     }
 
-    async fn failed_inner(&self, c: &Conns, task: i64, error: &Error) -> Result<Event> {
-        let Tried {
-            chunk,
-            label,
-            estimated,
-            attempts: attempt,
-        } = {
-            let mut tried = self.tried.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = tried.entry(task).or_insert_with(|| Tried {
-                chunk: QualifiedName::new("?", "?"),
-                label: format!("task {task}"),
-                estimated: 0,
-                attempts: 0,
-            });
-            entry.attempts += 1;
-            entry.clone()
+    /// Record a failed attempt in the task's own transaction, rolled back to
+    /// the savepoint taken after the claim: the row stays locked until the
+    /// attempt is counted, so no other worker or process can claim the task
+    /// in between (and go past `--max-attempts`). `None` when the target
+    /// connection cannot do it (lost, stuck), or when the source chunk may
+    /// have vanished; then the worker records on fresh connections.
+    async fn record_in_claim(&self, c: &Conns, task: &Task, error: &Error) -> Option<Event> {
+        if let Error::Db {
+            side: Side::Source,
+            source,
+            ..
+        } = error
+        {
+            if source.code() == Some(&SqlState::UNDEFINED_TABLE) {
+                return None;
+            }
+        }
+        let after = if worker::retryable(error) {
+            AfterFailure::Retry
+        } else {
+            AfterFailure::Failed
         };
-        // A chunk dropped on the source while we copied it is not a failure.
-        if !catalog::chunk_exists(&c.src, &chunk).await? {
-            queue::record_failure(
-                &c.tgt,
+        let text = error.to_string();
+        let record = async {
+            c.tgt
+                .batch(ROLLBACK_TO_SAVEPOINT, "recording a failed task")
+                .await?;
+            let r = queue::record_failure(&c.tgt, task.id, after, &text, self.max_attempts).await?;
+            c.tgt.batch("COMMIT", "recording a failed task").await?;
+            Ok::<_, Error>(r)
+        };
+        match tokio::time::timeout(self.ctx.stall, record).await {
+            Ok(Ok(Some(recorded))) => Some(self.event(task.id, recorded, text)),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot record the failure in the task's transaction");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The event for a recorded failure.
+    fn event(&self, task: i64, recorded: Recorded, error: String) -> Event {
+        let Tried {
+            label, estimated, ..
+        } = self.tried(task);
+        match recorded.state {
+            TaskState::Skipped => Event::Skipped {
                 task,
-                AfterFailure::Skipped,
-                "the source chunk no longer exists",
-            )
-            .await?;
-            return Ok(Event::Skipped {
                 chunk: label,
                 estimated,
-            });
+            },
+            state => Event::Failed {
+                task,
+                chunk: label,
+                error,
+                final_attempt: state == TaskState::Failed,
+                attempt: recorded.attempts,
+                estimated,
+            },
         }
-        let give_up = !worker::retryable(error) || attempt >= self.max_attempts;
-        let text = format!("{error}");
-        let after = if give_up {
-            AfterFailure::Failed
-        } else {
-            AfterFailure::Retry
-        };
-        queue::record_failure(&c.tgt, task, after, &text).await?;
-        Ok(Event::Failed {
-            chunk: label,
-            error: text,
-            final_attempt: give_up,
-            attempt,
-            estimated,
-        })
+    }
+
+    /// This process's record of a task; `count`: one more unrecorded attempt.
+    fn tried_with(&self, task: i64, count: bool) -> Tried {
+        let mut tried = self.tried.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = tried.entry(task).or_insert_with(|| Tried {
+            chunk: QualifiedName::new("?", "?"),
+            label: format!("task {task}"),
+            estimated: 0,
+            unrecorded: 0,
+        });
+        if count {
+            entry.unrecorded += 1;
+        }
+        entry.clone()
+    }
+
+    fn tried(&self, task: i64) -> Tried {
+        self.tried_with(task, false)
+    }
+
+    /// Record a failed attempt on fresh connections (the task's connection
+    /// was lost): only if no other worker has claimed the task meanwhile.
+    async fn failed_inner(&self, c: &Conns, task: i64, error: &Error) -> Result<Event> {
+        let chunk = self.tried(task).chunk;
+        // A chunk dropped on the source while we copied it is not a failure.
+        let (after, text) =
+            if !catalog::chunk_exists(&c.src, &self.ctx.source.features, &chunk).await? {
+                (
+                    AfterFailure::Skipped,
+                    "the source chunk no longer exists".to_string(),
+                )
+            } else if worker::retryable(error) {
+                (AfterFailure::Retry, error.to_string())
+            } else {
+                (AfterFailure::Failed, error.to_string())
+            };
+        match queue::record_failure(&c.tgt, task, after, &text, self.max_attempts).await? {
+            Some(recorded) => Ok(self.event(task, recorded, error.to_string())),
+            // Another worker has the task already: it is being tried again.
+            None => {
+                let t = self.tried_with(task, true);
+                Ok(Event::Failed {
+                    task,
+                    chunk: t.label,
+                    error: error.to_string(),
+                    final_attempt: false,
+                    attempt: t.unrecorded,
+                    estimated: t.estimated,
+                })
+            }
+        }
     }
 }
 
 impl Job for CopyJob {
     type Event = Event;
 
-    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError>> {
+    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError<Event>>> {
         self.step_inner(c).boxed()
     }
 
@@ -267,13 +354,17 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let tgt = cfg.target.connect().await?;
     queue::require(&tgt).await?;
     let src = cfg.source.connect().await?;
+    let source = catalog::extension(&src).await?;
+    let target = catalog::extension(&tgt).await?;
+    let invalidation = crate::copy::invalidation::strategy(&tgt, &target.features).await;
     let ctx = Context {
-        source: catalog::extension(&src).await?,
-        target: catalog::extension(&tgt).await?,
-        invalidation: crate::copy::invalidation::strategy(&tgt).await,
+        source,
+        target,
+        invalidation,
         rate: cfg
             .max_rate
             .map(|r| Arc::new(crate::copy::RateLimiter::new(r))),
+        stall: cfg.stall_timeout,
     };
     catalog::ensure_compatible(&ctx.source, &ctx.target)?;
     if cfg.requeue_mismatched {
@@ -282,6 +373,8 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             "Re-queued {n} chunk(s) that verify found different."
         ));
     }
+    // Tasks that failed in earlier runs get a fresh set of attempts.
+    queue::rearm_failed(&tgt, cfg.max_attempts).await?;
     let before = queue::counts(&tgt).await?;
     let todo = before.pending + before.failed;
     if todo == 0 {
@@ -291,10 +384,6 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         ));
         return Ok(CopyReport::default());
     }
-    let run_started: SystemTime = tgt
-        .query_one("SELECT now()", &[], "reading the clock")
-        .await?
-        .get(0);
     drop((src, tgt));
 
     let workers = cfg.parallelism.min(todo as usize).max(1);
@@ -306,7 +395,6 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     ));
     let job = Arc::new(CopyJob {
         ctx,
-        run_started,
         max_attempts: cfg.max_attempts,
         analyze: cfg.analyze,
         tried: Mutex::new(HashMap::new()),
@@ -327,38 +415,56 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         todo,
         Some(before.estimated_bytes_pending.max(0) as u64),
     );
-    let mut n = 0u64;
+    // Each task counts once towards the total, however many attempts it
+    // took; the total grows if tasks are staged during the run.
+    let mut finished = std::collections::HashSet::new();
+    let mut total = todo;
+    let mut count = |task: i64, progress: &ui::Progress, estimated: u64| -> (u64, u64) {
+        if finished.insert(task) {
+            progress.advance(estimated);
+        }
+        let n = finished.len() as u64;
+        if n > total {
+            total = n;
+            progress.set_total(total);
+        }
+        (n, total)
+    };
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Copied {
+                task,
                 chunk,
                 rows,
                 bytes,
                 elapsed,
                 estimated,
             } => {
-                n += 1;
                 report.copied += 1;
                 report.rows += rows;
                 report.bytes += bytes;
-                progress.advance(estimated);
+                let (n, total) = count(task, &progress, estimated);
                 progress.line(&format!(
-                    "[{n}/{todo}] Copied chunk {chunk}: {} rows, {} in {}{}",
+                    "[{n}/{total}] Copied chunk {chunk}: {} rows, {} in {}{}",
                     ui::count(rows),
                     ui::bytes(bytes),
                     ui::duration(elapsed),
                     ui::rate(bytes, elapsed)
                 ));
             }
-            Event::Skipped { chunk, estimated } => {
-                n += 1;
+            Event::Skipped {
+                task,
+                chunk,
+                estimated,
+            } => {
                 report.skipped += 1;
-                progress.advance(estimated);
+                let (n, total) = count(task, &progress, estimated);
                 progress.line(&format!(
-                    "[{n}/{todo}] Skipped chunk {chunk}: it no longer exists on the source"
+                    "[{n}/{total}] Skipped chunk {chunk}: it no longer exists on the source"
                 ));
             }
             Event::Failed {
+                task,
                 chunk,
                 error,
                 final_attempt,
@@ -366,16 +472,17 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                 estimated,
             } => {
                 if final_attempt {
-                    n += 1;
                     report.failed += 1;
-                    progress.advance(estimated);
+                    let (n, total) = count(task, &progress, estimated);
                     progress.line(&format!(
-                        "[{n}/{todo}] FAILED chunk {chunk} (attempt {attempt}): {error}"
+                        "[{n}/{total}] FAILED chunk {chunk} (attempt {attempt}): {error}"
                     ));
-                } else {
+                } else if attempt > 0 {
                     progress.line(&format!(
                         "Retrying chunk {chunk} after attempt {attempt} failed: {error}"
                     ));
+                } else {
+                    progress.line(&format!("Retrying chunk {chunk}: {error}"));
                 }
             }
         }
@@ -385,15 +492,28 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         .await
         .unwrap_or_else(|e| Err(Error::Internal(format!("the worker pool crashed: {e}"))));
     report.seconds = clock.elapsed().as_secs_f64();
+    // Abandoned: the second signal dropped chunks in flight (not merely
+    // arrived after they had finished).
+    let abandoned = matches!(pool_result, Err(Error::Interrupted { abandoned: true }));
+    let stopped = shutdown.graceful.is_cancelled();
 
-    // The queue is the truth (other copy processes may share it).
-    let after = match cfg.target.connect().await {
-        Ok(tgt) => Some((queue::counts(&tgt).await?, queue::failed_tasks(&tgt).await?)),
-        Err(_) => None,
+    // The queue is the truth (other copy processes may share it). After a
+    // signal, do not wait long for it.
+    let read_after = async {
+        let tgt = cfg.target.connect().await?;
+        Ok::<_, Error>((queue::counts(&tgt).await?, queue::failed_tasks(&tgt).await?))
+    };
+    let after = if stopped {
+        tokio::time::timeout(std::time::Duration::from_secs(2), read_after)
+            .await
+            .ok()
+            .and_then(Result::ok)
+    } else {
+        read_after.await.ok()
     };
     if let Some((c, _)) = &after {
         report.remaining = c.pending;
-        if c.pending > 0 && !shutdown.graceful.is_cancelled() {
+        if c.pending > 0 && !stopped {
             // Nothing was left for this run to claim: the rest is locked by
             // other copy processes, or by sessions the server has not yet
             // seen close (a killed copy's, for a moment).
@@ -403,6 +523,17 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                 c.pending
             ));
         }
+    }
+    if abandoned {
+        ui::line("Abandoned the in-flight chunk(s) at the second ctrl-c: their transactions rolled back.");
+    } else if stopped {
+        ui::line(&format!(
+            "Stopped after finishing the in-flight chunk(s){}.",
+            match &after {
+                Some((c, _)) => format!("; {} chunk(s) left for the next run", c.pending),
+                None => String::new(),
+            }
+        ));
     }
     ui::line(&format!(
         "Copied {} from {} chunk(s) ({} rows) in {}{}; {} skipped, {} failed.",
@@ -414,9 +545,12 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         report.skipped,
         report.failed,
     ));
-    pool_result?;
-    if shutdown.graceful.is_cancelled() && report.remaining > 0 {
-        return Err(Error::Interrupted);
+    match pool_result {
+        Err(Error::Interrupted { .. }) => return Err(Error::Interrupted { abandoned }),
+        r => r?,
+    }
+    if stopped && (report.remaining > 0 || after.is_none()) {
+        return Err(Error::Interrupted { abandoned });
     }
     if let Some((c, failed)) = after {
         if c.failed > 0 {

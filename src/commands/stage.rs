@@ -118,7 +118,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
         })?;
     }
     let hypertables = catalog::selected_hypertables(&src, &cfg.selection).await?;
-    let chunks = catalog::source_chunks(&src, &cfg.selection).await?;
+    let chunks = catalog::source_chunks(&src, &source_ext.features, &cfg.selection).await?;
     src.batch("COMMIT", "ending a transaction").await?;
     if hypertables.is_empty() {
         return Err(match &cfg.selection.filter {
@@ -148,7 +148,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     let tasks = plan::split_huge(plan::tasks_for(&chunks, &windows));
 
     check_target_hypertables(&src, &tgt, &tasks).await?;
-    check_compression_settings(&src, &tgt, &tasks).await?;
+    check_compression_settings(&src, &tgt, &source_ext.features, &tasks).await?;
 
     let mut report = StageReport {
         hypertables: tasks
@@ -219,7 +219,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
         by_ht.entry(&t.chunk.hypertable).or_default().push(&t.chunk);
     }
     for (ht, chunks) in by_ht {
-        let known: HashMap<_, _> = catalog::target_chunks_by_slices(&tgt, ht)
+        let known: HashMap<_, _> = catalog::target_chunks_by_slices(&tgt, &target_ext.features, ht)
             .await?
             .into_iter()
             .collect();
@@ -255,7 +255,8 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
             continue;
         };
         if whole && t.chunk.compressed_chunk.is_some() && target_ext.is_community() {
-            let state = crate::copy::compressed::chunk_state(&tgt, target).await?;
+            let state =
+                crate::copy::compressed::chunk_state(&tgt, &target_ext.features, target).await?;
             if matches!(state, Some(s) if s.compressed.is_none()) {
                 crate::copy::compressed::precreate(&tgt, &target_ext, target).await?;
             }
@@ -358,6 +359,7 @@ async fn check_target_hypertables(
 async fn check_compression_settings(
     src: &crate::db::Db,
     tgt: &crate::db::Db,
+    source_features: &catalog::Features,
     tasks: &[NewTask],
 ) -> Result<()> {
     let mut first: BTreeMap<&QualifiedName, &SourceChunk> = BTreeMap::new();
@@ -368,8 +370,15 @@ async fn check_compression_settings(
     }
     let mut problems = Vec::new();
     for (ht, chunk) in first {
-        let mut keys = vec![&chunk.chunk];
-        keys.extend(chunk.compressed_chunk.as_ref());
+        // The chunk's own settings first (recorded at compression), then
+        // the hypertable's.
+        let mut keys = Vec::new();
+        match source_features.settings_key {
+            catalog::compat::SettingsKey::Chunk => keys.push(&chunk.chunk),
+            catalog::compat::SettingsKey::CompressedChunk => {
+                keys.extend(chunk.compressed_chunk.as_ref())
+            }
+        }
         keys.push(ht);
         let source = catalog::compression_settings(src, &keys).await?;
         let target = catalog::compression_settings(tgt, &[ht]).await?;

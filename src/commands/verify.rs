@@ -37,12 +37,15 @@ pub enum Event {
 }
 
 struct VerifyJob {
+    /// The two sides' TimescaleDB releases.
+    source: crate::catalog::Features,
+    target: crate::catalog::Features,
     /// Chunk and attempts of every task this process tried.
     tried: Mutex<HashMap<i64, (String, u32)>>,
 }
 
 impl VerifyJob {
-    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError> {
+    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError<Event>> {
         c.tgt.batch("BEGIN", "starting a transaction").await?;
         let Some(task) = queue::claim_verify(&c.tgt).await? else {
             c.tgt.batch("ROLLBACK", "ending a transaction").await?;
@@ -56,9 +59,10 @@ impl VerifyJob {
         let fail = |error: Error| StepError {
             task: Some(task.id),
             error,
+            recorded: None,
         };
         begin_source(&c.src, &task).await.map_err(fail)?;
-        let outcome = verify::verify_task(&c.src, &c.tgt, &task)
+        let outcome = verify::verify_task(&c.src, &c.tgt, (&self.source, &self.target), &task)
             .await
             .map_err(fail)?;
         let (state, message) = match &outcome {
@@ -118,7 +122,7 @@ const MAX_ATTEMPTS: u32 = 5;
 impl Job for VerifyJob {
     type Event = Event;
 
-    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError>> {
+    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError<Event>>> {
         self.step_inner(c).boxed()
     }
 
@@ -137,8 +141,8 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     queue::require(&tgt).await?;
     let src = cfg.source.connect().await?;
     // Both sides must have TimescaleDB (a clear error otherwise).
-    catalog::extension(&src).await?;
-    catalog::extension(&tgt).await?;
+    let source_ext = catalog::extension(&src).await?;
+    let target_ext = catalog::extension(&tgt).await?;
     if cfg.all {
         queue::reset_verify(&tgt).await?;
     }
@@ -177,6 +181,8 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     let pool = tokio::spawn(worker::run(
         pool_cfg,
         Arc::new(VerifyJob {
+            source: source_ext.features,
+            target: target_ext.features,
             tried: Mutex::new(HashMap::new()),
         }),
         shutdown.clone(),
@@ -240,7 +246,9 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
         });
     }
     if shutdown.graceful.is_cancelled() {
-        return Err(Error::Interrupted);
+        return Err(Error::Interrupted {
+            abandoned: shutdown.hard.is_cancelled(),
+        });
     }
     ui::line("Execute the 'clean' command to remove hyperfill's queue from the target.");
     Ok(report)

@@ -3,7 +3,8 @@
 //! chunk's compression state brought in line with the source's, only through
 //! TimescaleDB's own functions (`compress_chunk`, `decompress_chunk`).
 
-use crate::catalog::{self, Extension};
+use crate::catalog::compat::Variants;
+use crate::catalog::{self, Extension, Features};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::ident::{quote_ident, QualifiedName};
@@ -15,15 +16,17 @@ use super::{copy_rows, Context, PipeStats};
 const STATUS_PARTIAL: i32 = 8;
 
 /// Either side. $1 = chunk schema, $2 = chunk table. The compressed chunk
-/// (schema, table; NULL when not compressed) and the status bits; no row when
-/// the chunk is gone.
+/// (schema, table; NULL when not compressed; from 2.29 the standalone
+/// `<chunk>_compressed` relation) and the status bits; no row when the chunk
+/// is gone.
 // language=PostgreSQL
-const CHUNK_STATE: &str = "\
-SELECT cc.schema_name::text, cc.table_name::text, c.status
-FROM _timescaledb_catalog.chunk c
-LEFT JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id
-WHERE c.schema_name = $1 AND c.table_name = $2 AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)
-  AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL";
+pub const CHUNK_STATE: Variants = chunk_sql!(
+    "\
+SELECT c.compressed_schema::text, c.compressed_name::text, c.status
+FROM chunk_v c
+WHERE c.schema_name = $1 AND c.table_name = $2
+  AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL"
+);
 
 /// A chunk's compression state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,10 +36,14 @@ pub struct ChunkState {
 }
 
 /// The compression state of a chunk, or `None` when it no longer exists.
-pub async fn chunk_state(db: &Db, chunk: &QualifiedName) -> Result<Option<ChunkState>> {
+pub async fn chunk_state(
+    db: &Db,
+    features: &Features,
+    chunk: &QualifiedName,
+) -> Result<Option<ChunkState>> {
     let row = db
         .query_opt(
-            CHUNK_STATE,
+            features.sql(&CHUNK_STATE),
             &[&chunk.schema, &chunk.name],
             &format!("looking up chunk {chunk}"),
         )
@@ -135,7 +142,7 @@ pub async fn reset_to_empty_compressed(
         delete_all(tgt, chunk).await?;
     }
     compress(tgt, ctx, chunk, quiet).await?;
-    match chunk_state(tgt, chunk).await? {
+    match chunk_state(tgt, &ctx.target.features, chunk).await? {
         Some(ChunkState {
             compressed: Some(c),
             ..

@@ -25,23 +25,31 @@
 //!   invalidation). Setting it needs a superuser or
 //!   `GRANT SET ON PARAMETER timescaledb.restoring TO <role>`; without that
 //!   the copy logs invalidations and `refresh-caggs` absorbs them.
+//! * **From 2.28** `SET LOCAL timescaledb.skip_cagg_invalidation = on`, a
+//!   setting TimescaleDB provides for migration tools, turns recording off
+//!   for the whole transaction, hooks included. Any role may set it.
+//!
+//! Which of these exists is in `catalog::compat` ([`Invalidations`]); this
+//! module picks the way for the connected role.
 
+use crate::catalog::compat::Invalidations;
+use crate::catalog::Features;
 use crate::db::Db;
 use crate::error::Result;
 use crate::ident::QualifiedName;
 
 const TRIGGER: &str = "ts_cagg_invalidation_trigger";
 
-/// Target. Whether invalidations come from the row trigger (before 2.23),
-/// and whether this role may set `session_replication_role` and
+/// Target. Whether this role may set `session_replication_role` and
 /// `timescaledb.restoring`.
 // language=PostgreSQL
-const CAPABILITIES: &str = "\
-SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-               WHERE n.nspname IN ('_timescaledb_functions', '_timescaledb_internal')
-                 AND p.proname = 'continuous_agg_invalidation_trigger'),
-       has_parameter_privilege('session_replication_role', 'SET'),
+pub const CAPABILITIES: &str = "\
+SELECT has_parameter_privilege('session_replication_role', 'SET'),
        has_parameter_privilege('timescaledb.restoring', 'SET')";
+
+/// Target, 2.28+: no invalidations for this transaction.
+// language=PostgreSQL
+const SET_SKIP: &str = "SET LOCAL timescaledb.skip_cagg_invalidation = on";
 
 /// Target. $1 = quoted relation name. The definition of its invalidation trigger.
 // language=PostgreSQL
@@ -59,22 +67,25 @@ pub enum Strategy {
     Restoring,
     /// From 2.23 without the right to set `timescaledb.restoring`.
     Unavoidable,
+    /// From 2.28: `timescaledb.skip_cagg_invalidation` for the transaction.
+    Skip,
 }
 
 /// Decide the strategy for the connected target role.
-pub async fn strategy(db: &Db) -> Strategy {
-    let Ok(row) = db.client.query_one(CAPABILITIES, &[]).await else {
-        return Strategy::Trigger {
-            replica_role: false,
-        };
+pub async fn strategy(db: &Db, features: &Features) -> Strategy {
+    if features.invalidations == Invalidations::Skip {
+        return Strategy::Skip;
+    }
+    let (replica, restoring) = match db.client.query_one(CAPABILITIES, &[]).await {
+        Ok(row) => (row.get(0), row.get(1)),
+        Err(_) => (false, false),
     };
-    let (trigger, replica, restoring): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
-    match (trigger, restoring) {
-        (true, _) => Strategy::Trigger {
+    match (features.invalidations, restoring) {
+        (Invalidations::Trigger, _) => Strategy::Trigger {
             replica_role: replica,
         },
-        (false, true) => Strategy::Restoring,
-        (false, false) => {
+        (_, true) => Strategy::Restoring,
+        (_, false) => {
             tracing::warn!(
                 "the target role may not set timescaledb.restoring: copying will log \
                  continuous-aggregate invalidations (refresh-caggs absorbs them). To avoid them: \
@@ -100,6 +111,11 @@ pub async fn suppress(db: &Db, chunk: &QualifiedName, strategy: Strategy) -> Res
         strategy,
         restore: None,
     };
+    if strategy == Strategy::Skip {
+        db.batch(SET_SKIP, "turning off invalidation tracking for the copy")
+            .await?;
+        return Ok(s);
+    }
     let Strategy::Trigger { replica_role } = strategy else {
         return Ok(s);
     };

@@ -24,6 +24,8 @@ pub struct Context {
     pub invalidation: invalidation::Strategy,
     /// `--max-rate`, shared by all workers.
     pub rate: Option<std::sync::Arc<RateLimiter>>,
+    /// `--stall-timeout`: how long a COPY may move nothing.
+    pub stall: std::time::Duration,
 }
 
 /// The result of one copy task.
@@ -51,10 +53,11 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     // each connection, and the two sides work at the same time. (Writes stay
     // strictly in order.)
     let (s_state, src_cols, mut target) = tokio::try_join!(
-        compressed::chunk_state(src, &task.chunk),
+        compressed::chunk_state(src, &ctx.source.features, &task.chunk),
         catalog::relation_columns(src, &task.chunk),
         target_chunk::find(
             tgt,
+            &ctx.target.features,
             &task.hypertable,
             task.target_chunk.as_ref(),
             &task.slices
@@ -63,6 +66,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     let Some(s_state) = s_state else {
         return Ok(Outcome::SourceGone);
     };
+    plain_copy_settings(tgt, &ctx.target.features, &task.hypertable).await?;
     if target.is_none() {
         target = target_chunk::try_create(tgt, &ctx.target, &task.hypertable, &task.slices).await?;
     }
@@ -93,7 +97,14 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             filter.as_deref(),
         )
         .await?;
-        let created = target_chunk::find(tgt, &task.hypertable, None, &task.slices).await?;
+        let created = target_chunk::find(
+            tgt,
+            &ctx.target.features,
+            &task.hypertable,
+            None,
+            &task.slices,
+        )
+        .await?;
         if created.is_none() && stats.rows > 0 {
             return Err(Error::Incompatible(format!(
                 "rows of source chunk {} went into target hypertable {} but not into a chunk \
@@ -111,7 +122,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     };
 
     let (t_state, tgt_cols) = tokio::try_join!(
-        compressed::chunk_state(tgt, &t_chunk),
+        compressed::chunk_state(tgt, &ctx.target.features, &t_chunk),
         catalog::relation_columns(tgt, &t_chunk),
     )?;
     let t_state =
@@ -189,6 +200,39 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         bytes: stats.bytes,
         target_chunk: Some(t_chunk),
     })
+}
+
+/// Make TimescaleDB's own COPY path (2.22+) write exactly the rows sent, in
+/// the chunk's current state: never compressed on the way in, whether by
+/// `timescaledb.enable_direct_compress_copy` or by the hypertable's
+/// `direct_compress` option (2.29+). For the task's transaction only.
+async fn plain_copy_settings(
+    tgt: &Db,
+    features: &catalog::Features,
+    hypertable: &QualifiedName,
+) -> Result<()> {
+    use catalog::compat;
+    if let Some(sql) = features.copy_settings() {
+        tgt.batch(sql, "turning off direct compression for the copy")
+            .await?;
+    }
+    if features.direct_compress_option {
+        let row = tgt
+            .query_one(
+                compat::HYPERTABLE_DIRECT_COMPRESS,
+                &[&hypertable.schema, &hypertable.name],
+                &format!("reading the options of {hypertable}"),
+            )
+            .await?;
+        if row.get::<_, bool>(0) {
+            tgt.batch(
+                compat::SET_NO_COPY_OPTIMIZATIONS,
+                &format!("turning off direct compression of {hypertable} for the copy"),
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Every source column must exist on the target chunk with the same type.
@@ -281,6 +325,7 @@ async fn copy_rows(
         &inp,
         &format!("chunk {source}"),
         ctx.rate.as_deref(),
+        ctx.stall,
     )
     .await
 }

@@ -31,7 +31,14 @@ use tls::{Tls, TlsError, TlsStream};
 
 /// Session settings for every connection that moves or compares data: text
 /// forms that read back identically on the other side, whatever each server's
-/// defaults are.
+/// defaults are; and no server-side time limit on a statement or an open
+/// transaction (a chunk's COPY takes as long as it takes; a managed service's
+/// `statement_timeout` would otherwise end every long copy). Any role may set
+/// these for its own session; `transaction_timeout` exists from PostgreSQL 17.
+/// `lock_timeout` is left as configured: a lock wait that long fails the
+/// attempt (55P03, transient) and the task is retried. A stuck server is
+/// noticed on our side instead: `connect_timeout`, TCP keepalives and
+/// `--stall-timeout`.
 // language=PostgreSQL
 const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; \
      SET IntervalStyle = 'postgres'; \
@@ -39,7 +46,9 @@ const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; \
      SET TimeZone = 'UTC'; \
      SET bytea_output = 'hex'; \
      SET standard_conforming_strings = on; \
-     SET client_min_messages = warning";
+     SET client_min_messages = warning; \
+     SELECT set_config(name, '0', false) FROM pg_settings \
+     WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout', 'transaction_timeout')";
 
 /// Extra protection on the source: nothing we run there can write.
 // language=PostgreSQL
@@ -64,7 +73,16 @@ pub struct ConnInfo {
     load_balance: bool,
     /// The password file, for the hint when a password is missing.
     passfile: Option<PathBuf>,
+    /// The limit on one host's whole start-up, and where it came from
+    /// (`None`: connect_timeout=0, no limit).
+    connect_timeout: Option<(Duration, &'static str)>,
 }
+
+/// The connect_timeout used when neither the connection string nor
+/// PGCONNECT_TIMEOUT gives one (libpq waits forever).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+const DEFAULT_CONNECT_TIMEOUT_WHY: &str =
+    "the default connect_timeout; set connect_timeout=<seconds> in the connection string or PGCONNECT_TIMEOUT";
 
 impl std::fmt::Debug for ConnInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -101,14 +119,38 @@ impl ConnInfo {
             .map_err(invalid)?;
         let mut config = Config::from_str(&settings.postgres_string())
             .map_err(|e| invalid(crate::error::pg_text(&e)))?;
-        if !settings.has("connect_timeout") {
-            config.connect_timeout(Duration::from_secs(15));
+        // connect_timeout bounds the whole start-up of each host (TCP, TLS,
+        // authentication, session set-up), as in libpq, which also rounds
+        // 1 s up to 2; 0 means no limit. Without one we use a default, so
+        // that a server that accepts and never answers cannot hang us.
+        let connect_timeout = if settings.has("connect_timeout") {
+            config
+                .get_connect_timeout()
+                .map(|t| (*t.max(&Duration::from_secs(2)), "connect_timeout"))
+        } else {
+            Some((DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT_WHY))
+        };
+        if let Some((t, _)) = connect_timeout {
+            config.connect_timeout(t);
         }
+        // A dead peer (a cut network, a crashed host) is noticed by TCP:
+        // keepalive probes after 30 s of silence, 3 probes 10 s apart, and
+        // sent data unacknowledged for 60 s. libpq's keepalives* and
+        // tcp_user_timeout keys override these.
         if !settings.has("keepalives") {
             config.keepalives(true);
         }
         if !settings.has("keepalives_idle") {
             config.keepalives_idle(Duration::from_secs(30));
+        }
+        if !settings.has("keepalives_interval") {
+            config.keepalives_interval(Duration::from_secs(10));
+        }
+        if !settings.has("keepalives_retries") {
+            config.keepalives_retries(3);
+        }
+        if !settings.has("tcp_user_timeout") {
+            config.tcp_user_timeout(Duration::from_secs(60));
         }
         // `status` finds hyperfill's sessions by this name.
         config.application_name("hyperfill");
@@ -133,6 +175,7 @@ impl ConnInfo {
             tls,
             load_balance: settings.load_balance,
             hosts: settings.hosts,
+            connect_timeout,
         })
     }
 
@@ -163,11 +206,34 @@ impl ConnInfo {
             }
             drop(connection);
         });
-        db.batch(SESSION_SETUP, "setting up the session").await?;
-        if side == Side::Source {
-            db.batch(SOURCE_SETUP, "setting up the session").await?;
-        }
+        let setup = async {
+            db.batch(SESSION_SETUP, "setting up the session").await?;
+            if side == Side::Source {
+                db.batch(SOURCE_SETUP, "setting up the session").await?;
+            }
+            Ok(())
+        };
+        self.within_timeout(&self.describe(), setup).await?;
         Ok(db)
+    }
+
+    /// Run one step of connecting within connect_timeout.
+    async fn within_timeout<T>(
+        &self,
+        addr: &str,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match self.connect_timeout {
+            None => f.await,
+            Some((timeout, why)) => tokio::time::timeout(timeout, f).await.unwrap_or_else(|_| {
+                Err(Error::ConnectTimeout {
+                    side: self.side,
+                    addr: addr.to_string(),
+                    timeout,
+                    why,
+                })
+            }),
+        }
     }
 
     /// Connect with server defaults only (no session settings): used to parse
@@ -204,7 +270,14 @@ impl ConnInfo {
         }))
     }
 
+    /// One host's whole start-up (TCP, TLS, authentication), within
+    /// connect_timeout.
     async fn open_host(&self, i: usize) -> Result<Conn> {
+        let addr = self.describe_host(&self.hosts[i]);
+        self.within_timeout(&addr, self.open_host_untimed(i)).await
+    }
+
+    async fn open_host_untimed(&self, i: usize) -> Result<Conn> {
         let h = &self.hosts[i];
         let mut cfg = self.config.clone();
         // tokio-postgres checks the TLS certificate against the host name;
@@ -519,10 +592,26 @@ mod tests {
             c.config.get_connect_timeout(),
             Some(&Duration::from_secs(15))
         );
+        assert_eq!(
+            c.connect_timeout.map(|t| t.0),
+            Some(DEFAULT_CONNECT_TIMEOUT)
+        );
         let c = parse("sslmode=disable connect_timeout=3", &[]).expect("parsed");
         assert_eq!(
-            c.config.get_connect_timeout(),
-            Some(&Duration::from_secs(3))
+            c.connect_timeout,
+            Some((Duration::from_secs(3), "connect_timeout"))
+        );
+        // libpq: 1 s is rounded up to 2, 0 is no limit; PGCONNECT_TIMEOUT.
+        let c = parse("connect_timeout=1", &[]).expect("parsed");
+        assert_eq!(c.connect_timeout.map(|t| t.0), Some(Duration::from_secs(2)));
+        let c = parse("connect_timeout=0", &[]).expect("parsed");
+        assert_eq!(c.connect_timeout, None);
+        let c = parse("", &[("PGCONNECT_TIMEOUT", "7")]).expect("parsed");
+        assert_eq!(c.connect_timeout.map(|t| t.0), Some(Duration::from_secs(7)));
+        assert_eq!(c.config.get_keepalives_retries(), Some(3));
+        assert_eq!(
+            c.config.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(60))
         );
     }
 

@@ -253,12 +253,24 @@ impl Task {
     }
 }
 
-/// Claim the next task to copy, inside the caller's open target transaction.
-pub async fn claim_copy(db: &Db, run_started: SystemTime) -> Result<Option<Task>> {
+/// Claim the next task to copy, inside the caller's open target transaction:
+/// a pending task with fewer than `max_attempts` attempts.
+pub async fn claim_copy(db: &Db, max_attempts: u32) -> Result<Option<Task>> {
+    let max = max_attempts as i32;
     let row = db
-        .query_opt(sql::CLAIM_COPY, &[&run_started], "claiming a copy task")
+        .query_opt(sql::CLAIM_COPY, &[&max], "claiming a copy task")
         .await?;
     row.as_ref().map(Task::from_row).transpose()
+}
+
+/// At the start of a `copy` run, give failed tasks a fresh set of attempts.
+/// Returns how many.
+pub async fn rearm_failed(db: &Db, max_attempts: u32) -> Result<u64> {
+    let max = max_attempts as i32;
+    Ok(db
+        .query(sql::REARM_FAILED, &[&max], "re-queueing failed tasks")
+        .await?
+        .len() as u64)
 }
 
 /// Claim the next task to verify, inside the caller's open target transaction.
@@ -304,31 +316,64 @@ pub async fn skip_copy(db: &Db, id: i64, message: &str) -> Result<()> {
     Ok(())
 }
 
-/// What a failed attempt leaves the task as.
+/// What a failed attempt calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterFailure {
-    /// Stays pending, to be tried again.
+    /// A transient failure: try again, unless the attempts are used up.
     Retry,
-    /// Failed; the next `copy` run tries it again.
+    /// A permanent failure; the next `copy` run tries it again.
     Failed,
     /// The source chunk vanished: nothing to copy.
     Skipped,
 }
 
-/// Record a failed attempt, outside the (rolled back) task transaction.
-pub async fn record_failure(db: &Db, id: i64, after: AfterFailure, error: &str) -> Result<()> {
-    let state = match after {
-        AfterFailure::Retry => "pending",
+/// The task after a recorded failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// `pending` (to be tried again), `failed` or `skipped`.
+    pub state: TaskState,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Pending,
+    Failed,
+    Skipped,
+}
+
+/// Count a failed attempt and set the task's state (see
+/// `sql::RECORD_FAILURE`). `None`: another worker holds or finished the
+/// task, nothing was recorded.
+pub async fn record_failure(
+    db: &Db,
+    id: i64,
+    after: AfterFailure,
+    error: &str,
+    max_attempts: u32,
+) -> Result<Option<Recorded>> {
+    let after = match after {
+        AfterFailure::Retry => "retry",
         AfterFailure::Failed => "failed",
         AfterFailure::Skipped => "skipped",
     };
-    db.execute(
-        sql::RECORD_FAILURE,
-        &[&id, &state, &error],
-        "recording a failed task",
-    )
-    .await?;
-    Ok(())
+    let max = max_attempts as i32;
+    let row = db
+        .query_opt(
+            sql::RECORD_FAILURE,
+            &[&id, &after, &error, &max],
+            "recording a failed task",
+        )
+        .await?;
+    Ok(row.map(|r| Recorded {
+        state: match r.get::<_, &str>(0) {
+            "pending" => TaskState::Pending,
+            "skipped" => TaskState::Skipped,
+            _ => TaskState::Failed,
+        },
+        attempts: r.get::<_, i32>(1).max(0) as u32,
+    }))
 }
 
 /// Outcome of verifying one task.

@@ -104,19 +104,32 @@ macro_rules! task_columns {
     };
 }
 
-/// $1 = start of this run. Claim the next task to copy and lock its row for
-/// the rest of the transaction; failed tasks are retried once per run.
+/// $1 = --max-attempts. Claim the next task to copy and lock its row for the
+/// rest of the transaction. A task that has used up its attempts is never
+/// claimed again in this run, whichever worker or process failed it: every
+/// attempt is counted in the row before the row lock is released (see
+/// RECORD_FAILURE).
 // language=PostgreSQL
 pub const CLAIM_COPY: &str = concat!(
     "SELECT ",
     task_columns!(),
     "
 FROM __hyperfill.task
-WHERE state = 'pending' OR (state = 'failed' AND finished_at < $1)
+WHERE state = 'pending' AND attempts < $1
 ORDER BY estimated_bytes DESC, id
 LIMIT 1
 FOR NO KEY UPDATE SKIP LOCKED"
 );
+
+/// $1 = --max-attempts. At the start of a `copy` run: the failed tasks, and
+/// pending ones whose attempts a run with a higher limit left at or above
+/// ours, get a fresh set of attempts. Returns their ids.
+// language=PostgreSQL
+pub const REARM_FAILED: &str = "\
+UPDATE __hyperfill.task
+SET state = 'pending', attempts = 0
+WHERE state = 'failed' OR (state = 'pending' AND attempts >= $1)
+RETURNING id";
 
 /// Claim the next task to verify.
 // language=PostgreSQL
@@ -149,20 +162,29 @@ SET state = 'skipped', finished_at = clock_timestamp(), message = $2, last_error
     verify_state = NULL
 WHERE id = $1";
 
-/// $1 id, $2 new state ('pending' to retry, 'failed', 'skipped'), $3 error
-/// text (the message, for 'skipped'). Runs in its own transaction after the
-/// task's rolled back; does nothing when another worker has meanwhile claimed
-/// or finished the task.
+/// $1 id, $2 what the failure calls for ('retry', 'failed' or 'skipped'),
+/// $3 error text (the message, for 'skipped'), $4 --max-attempts. Counts the
+/// attempt; a retry that has used up its attempts fails. Returns the new
+/// state and attempts.
+///
+/// Runs either in the task's own transaction, rolled back to the savepoint
+/// taken right after the claim, so the row lock is never released before
+/// the attempt is counted; or, when that connection is lost, in its own
+/// transaction on a fresh one, where it does nothing if another worker has
+/// meanwhile claimed the task (the row is locked) or finished it.
 // language=PostgreSQL
 pub const RECORD_FAILURE: &str = "\
 UPDATE __hyperfill.task
-SET state = $2::text,
+SET state = CASE WHEN $2::text = 'skipped' THEN 'skipped'
+                 WHEN $2::text = 'failed' OR attempts + 1 >= $4::integer THEN 'failed'
+                 ELSE 'pending' END,
     last_error = CASE WHEN $2::text = 'skipped' THEN NULL ELSE $3 END,
     message = CASE WHEN $2::text = 'skipped' THEN $3 ELSE message END,
     attempts = attempts + 1, finished_at = clock_timestamp()
 WHERE id = (SELECT id FROM __hyperfill.task
-            WHERE id = $1 AND state IN ('pending', 'failed')
-            FOR UPDATE SKIP LOCKED)";
+            WHERE id = $1 AND state = 'pending'
+            FOR UPDATE SKIP LOCKED)
+RETURNING state, attempts";
 
 /// $1 id, $2 verify state, $3 message.
 // language=PostgreSQL

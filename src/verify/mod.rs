@@ -159,8 +159,14 @@ fn float_close(
 }
 
 /// Verify one task. Both transactions are open; the caller records the outcome.
-pub async fn verify_task(src: &Db, tgt: &Db, task: &Task) -> Result<Outcome> {
-    if !catalog::chunk_exists(src, &task.chunk).await? {
+pub async fn verify_task(
+    src: &Db,
+    tgt: &Db,
+    features: (&catalog::Features, &catalog::Features),
+    task: &Task,
+) -> Result<Outcome> {
+    let (s_features, t_features) = features;
+    if !catalog::chunk_exists(src, s_features, &task.chunk).await? {
         return Ok(Outcome::SourceGone);
     }
     let src_cols = catalog::relation_columns(src, &task.chunk).await?;
@@ -169,6 +175,7 @@ pub async fn verify_task(src: &Db, tgt: &Db, task: &Task) -> Result<Outcome> {
     let s = summarize(src, &task.chunk, &sql_src).await?;
     let Some(target) = target_chunk::find(
         tgt,
+        t_features,
         &task.hypertable,
         task.target_chunk.as_ref(),
         &task.slices,

@@ -7,6 +7,7 @@ mod caggs;
 mod compressed;
 mod copy;
 mod errors;
+mod faults;
 mod ops;
 mod replica;
 mod resume;

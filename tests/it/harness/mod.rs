@@ -209,7 +209,11 @@ impl Dbs {
     /// Restore the source's schema into the target the way the migration
     /// guide does: pg_dump with the chunk data excluded.
     pub async fn restore_schema_with_pg_dump(&self) -> Result {
-        let bindir = std::env::var("HYPERFILL_PG_BINDIR")
+        // The target's client tools (scripts/lib/clusters.sh env sets
+        // HYPERFILL_TARGET_PG_BINDIR for a cross-major pair): pg_dump must
+        // be at least as new as the source, as on migration day.
+        let bindir = std::env::var("HYPERFILL_TARGET_PG_BINDIR")
+            .or_else(|_| std::env::var("HYPERFILL_PG_BINDIR"))
             .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
         let dump = tokio::process::Command::new(format!("{bindir}/pg_dump"))
             .args([
