@@ -235,10 +235,18 @@ impl ReplicaPair {
             ],
         );
         // postgresql.auto.conf is read last: these override the primary's
-        // settings that the clone carries.
+        // settings that the clone carries. The primary_conninfo that -R
+        // wrote names every option pg_basebackup's libpq knows; a server
+        // whose walreceiver loads an older libpq (a relocatable build on a
+        // system with another libpq) refuses the newer ones, such as
+        // sslnegotiation. The later, minimal one wins.
         Self::append(
             &self.dir.join("replica/postgresql.auto.conf"),
-            &format!("port = {REPLICA_PORT}\nhot_standby = on\n{replica_conf}\n"),
+            &format!(
+                "port = {REPLICA_PORT}\nhot_standby = on\n\
+                 primary_conninfo = 'host={} port={PRIMARY_PORT} user=postgres'\n{replica_conf}\n",
+                self.dir.display()
+            ),
         );
         self.pg_ctl_start("replica");
     }
