@@ -614,8 +614,9 @@ fn standby_findings(st: &Standby, f: &mut Findings) {
              the primary committed before that time, and none committed after"
         ),
         Some(
-            "stage with --until T once the standby has replayed past the start of dual writes and \
-             past T: run check again, or SELECT pg_last_xact_replay_timestamp() on the standby"
+            "stage and copy with --until T only once the standby has replayed past the primary's \
+             last write of a row below T (shortly after T): run check again, or \
+             SELECT pg_last_xact_replay_timestamp() on the standby"
                 .into(),
         ),
     );

@@ -320,11 +320,14 @@ impl ReplicaPair {
     }
 
     /// Wait until the replica has replayed everything the primary has
-    /// written so far (pg_last_wal_replay_lsn() >= pg_current_wal_lsn()).
+    /// written so far: pg_last_wal_replay_lsn() >= the primary's
+    /// pg_current_wal_insert_lsn(). Not pg_current_wal_lsn(): that is what
+    /// has left the WAL buffers, and with synchronous_commit = off a commit
+    /// can still be in them.
     pub async fn catch_up(&self) -> Result {
         let primary = connect(&self.primary_url("postgres")).await?;
         let lsn: String = primary
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await?
             .get(0);
         let deadline = Instant::now() + Duration::from_secs(120);
