@@ -43,7 +43,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
-# shellcheck source=lib/common.sh
+# shellcheck source=scripts/lib/common.sh
 . "$here/lib/common.sh"
 
 # What CI runs (.ci/run): the newcomer's path, then the licensed matrix.
@@ -188,7 +188,7 @@ cmd_run() {
     (cd "$root" && cargo test --all-targets --no-run) || die "the tests do not build"
 
     local -a lines=()
-    local i=0 bad=0 missing=0 sum_p=0 sum_f=0 sum_s=0
+    local i=0 bad=0 not_run=0 sum_p=0 sum_f=0 sum_s=0
     for c in "${combos[@]}"; do
         i=$((i + 1))
         local title src="" rf="$RESULTS/$i" t0=$SECONDS rc=0
@@ -202,7 +202,7 @@ cmd_run() {
             if [[ -z $src ]]; then
                 local why="no TimescaleDB $C_VERSION source (HYPERFILL_TIMESCALEDB_SOURCE, or timescaledb-$C_VERSION.tar.xz or a directory in $SOURCES)"
                 lines+=("*** NOT RUN  $c  ($title): $why ***")
-                missing=$((missing + 1))
+                not_run=$((not_run + 1))
                 [[ $skip_missing -eq 1 ]] || bad=1
                 log "*** NOT RUN: $c: $why ***"
                 continue
@@ -250,9 +250,9 @@ cmd_run() {
     echo
     echo "===== hyperfill matrix: ${#combos[@]} combination(s) in $(fmt_time $((SECONDS - t_all))) ====="
     printf '%s\n' "${lines[@]}"
-    if [[ $missing -gt 0 ]]; then
+    if [[ $not_run -gt 0 ]]; then
         echo
-        echo "*** $missing combination(s) NOT RUN (see above): their results are not in the totals ***"
+        echo "*** $not_run combination(s) NOT RUN (see above): their results are not in the totals ***"
     fi
     echo
     echo "hyperfill: $sum_p passed, $sum_f failed, $sum_s skipped"

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::catalog::{self, Extension, Selection};
+use crate::catalog::{self, Selection};
 use crate::db::{ConnInfo, Db};
 use crate::error::{Result, Side};
 use crate::ident::QualifiedName;
@@ -32,6 +32,9 @@ pub struct Finding {
 pub struct Report {
     pub source_version: String,
     pub target_version: String,
+    /// The servers' PostgreSQL versions (`15.10`, `17.11`).
+    pub source_postgres: String,
+    pub target_postgres: String,
     pub source_license: String,
     pub target_license: String,
     pub hypertables: usize,
@@ -99,14 +102,14 @@ impl Findings {
 
 /// Source. Continuous aggregates still in the old, non-finalized format.
 // language=PostgreSQL
-const PARTIAL_CAGGS: &str = "\
+pub(crate) const PARTIAL_CAGGS: &str = "\
 SELECT format('%I.%I', user_view_schema, user_view_name)
 FROM _timescaledb_catalog.continuous_agg WHERE NOT finalized ORDER BY 1";
 
 /// Target. Background jobs (compression, retention, refresh, user jobs) that
 /// are still scheduled: id, procedure, the hypertable they act on.
 // language=PostgreSQL
-const SCHEDULED_JOBS: &str = "\
+pub(crate) const SCHEDULED_JOBS: &str = "\
 SELECT j.id, j.proc_name::text,
        coalesce((SELECT format('%I.%I', h.schema_name, h.table_name)
                  FROM _timescaledb_catalog.hypertable h WHERE h.id = j.hypertable_id), '')
@@ -116,7 +119,7 @@ ORDER BY j.id";
 
 /// Source. Hypertables or chunks in a tablespace other than the default.
 // language=PostgreSQL
-const TABLESPACES: &str = "\
+pub(crate) const TABLESPACES: &str = "\
 SELECT DISTINCT t.spcname::text
 FROM _timescaledb_catalog.hypertable h
 JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', h.schema_name, h.table_name))
@@ -127,25 +130,27 @@ ORDER BY 1";
 
 /// Either side. The installation's uuid in TimescaleDB's metadata.
 // language=PostgreSQL
-const METADATA_UUID: &str = "SELECT value FROM _timescaledb_catalog.metadata WHERE key = 'uuid'";
+pub(crate) const METADATA_UUID: &str =
+    "SELECT value FROM _timescaledb_catalog.metadata WHERE key = 'uuid'";
 
 /// Either side. $1 = quoted hypertable. Privileges of the session's role:
 /// select, insert, delete, and whether it is a member of the owner's role.
 // language=PostgreSQL
-const TABLE_PRIVILEGES: &str = "\
+pub(crate) const TABLE_PRIVILEGES: &str = "\
 SELECT has_table_privilege($1::text, 'SELECT'), has_table_privilege($1::text, 'INSERT'),
        has_table_privilege($1::text, 'DELETE'), pg_has_role(c.relowner, 'USAGE')
 FROM pg_class c WHERE c.oid = to_regclass($1::text)";
 
 /// Target. May the role create the queue schema (or does the queue exist)?
 // language=PostgreSQL
-const CAN_CREATE_QUEUE: &str = "\
+pub(crate) const CAN_CREATE_QUEUE: &str = "\
 SELECT has_database_privilege(current_database(), 'CREATE')
     OR to_regnamespace('__hyperfill') IS NOT NULL";
 
 /// Either side. $1 = quoted hypertable. Its total size with every chunk.
 // language=PostgreSQL
-const HYPERTABLE_SIZE: &str = "SELECT coalesce(hypertable_size($1::text::regclass), 0)::bigint";
+pub(crate) const HYPERTABLE_SIZE: &str =
+    "SELECT coalesce(hypertable_size($1::text::regclass), 0)::bigint";
 
 /// Source. Whether it is a hot standby; if so, how far it has replayed and
 /// the settings that decide recovery conflicts (readable by any role).
@@ -167,7 +172,7 @@ SELECT pg_is_in_recovery(),
 
 /// Either side. Whether this session is encrypted.
 // language=PostgreSQL
-const SESSION_SSL: &str =
+pub(crate) const SESSION_SSL: &str =
     "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)";
 
 /// Either side. Time limits the server, the database or the role set for
@@ -195,7 +200,20 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
             "timescaledb-version",
             None,
             e.to_string(),
-            Some(version_fix(&s_ext, &t_ext)),
+            Some(catalog::version_fix(&s_ext, &t_ext)),
+        );
+    }
+    if s_ext.postgres_major != t_ext.postgres_major {
+        f.add(
+            Severity::Note,
+            "postgres-majors",
+            None,
+            format!(
+                "the source runs PostgreSQL {} and the target PostgreSQL {}: supported; columns \
+                 whose type is read differently by the two servers are copied in text format",
+                s_ext.postgres_version, t_ext.postgres_version
+            ),
+            None,
         );
     }
     for (side, ext) in [(Side::Source, &s_ext), (Side::Target, &t_ext)] {
@@ -239,7 +257,7 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
             Some("install TimescaleDB with the Timescale (community) license on the target".into()),
         );
     }
-    partial_caggs(&src, &mut f).await;
+    partial_caggs(&src, &s_ext.features, &mut f).await?;
     scheduled_jobs(&tgt, &mut f).await;
     tablespaces(&src, &mut f).await;
     metadata(&src, &tgt, &mut f).await;
@@ -307,6 +325,8 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
     Ok(Report {
         source_version: s_ext.version_text.clone(),
         target_version: t_ext.version_text.clone(),
+        source_postgres: s_ext.postgres_version.clone(),
+        target_postgres: t_ext.postgres_version.clone(),
         source_license: s_ext.license.clone(),
         target_license: t_ext.license.clone(),
         hypertables: hypertables.len(),
@@ -314,18 +334,6 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
         source_standby,
         findings: f.0,
     })
-}
-
-fn version_fix(s: &Extension, t: &Extension) -> String {
-    let newer = if s.version >= t.version {
-        &s.version_text
-    } else {
-        &t.version_text
-    };
-    format!(
-        "run `ALTER EXTENSION timescaledb UPDATE TO '{newer}';` on the side with the older version \
-         (as the first command of a fresh session: psql -X), or install the same version on both"
-    )
 }
 
 /// Hypertables missing or different on the target, compression settings,
@@ -449,11 +457,17 @@ async fn privileges(
     Ok(())
 }
 
-async fn partial_caggs(src: &Db, f: &mut Findings) {
-    // The `finalized` column exists while old-format caggs can exist at all.
-    let Ok(rows) = src.client.query(PARTIAL_CAGGS, &[]).await else {
-        return;
-    };
+async fn partial_caggs(src: &Db, features: &catalog::Features, f: &mut Findings) -> Result<()> {
+    if !features.old_format_caggs {
+        return Ok(());
+    }
+    let rows = src
+        .query(
+            PARTIAL_CAGGS,
+            &[],
+            "looking for old-format continuous aggregates",
+        )
+        .await?;
     for r in rows {
         let view: String = r.get(0);
         f.add(
@@ -464,6 +478,7 @@ async fn partial_caggs(src: &Db, f: &mut Findings) {
             Some(format!("migrate it first: CALL cagg_migrate('{view}');")),
         );
     }
+    Ok(())
 }
 
 async fn scheduled_jobs(tgt: &Db, f: &mut Findings) {
@@ -693,8 +708,15 @@ pub fn print(r: &Report) {
         return;
     }
     ui::line(&format!(
-        "TimescaleDB: source {} ({} license), target {} ({} license); {} hypertable(s) selected.",
-        r.source_version, r.source_license, r.target_version, r.target_license, r.hypertables
+        "TimescaleDB: source {} ({} license) on PostgreSQL {}, target {} ({} license) on \
+         PostgreSQL {}; {} hypertable(s) selected.",
+        r.source_version,
+        r.source_license,
+        r.source_postgres,
+        r.target_version,
+        r.target_license,
+        r.target_postgres,
+        r.hypertables
     ));
     for f in &r.findings {
         let tag = match f.severity {

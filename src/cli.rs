@@ -181,9 +181,11 @@ pub struct CopyArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
 
-    /// Seconds a chunk's COPY may move no data at all before the attempt
-    /// fails (a stuck server or network) and the task is tried again
-    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    /// Seconds without an answer after which a worker asks the server (on a
+    /// new connection) whether it is still working on the statement; if not
+    /// (a stuck server, proxy or network), the attempt fails and the task is
+    /// tried again
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub stall_timeout: u64,
 
     /// Run ANALYZE on each target chunk after it is copied

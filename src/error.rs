@@ -57,13 +57,15 @@ pub enum Error {
         why: &'static str,
     },
 
-    /// Neither side moved a byte of a COPY for `--stall-timeout`: the server
-    /// or the network is stuck. Transient: the task is tried again.
-    #[error("{side} database: {context}: no data moved for {} s (--stall-timeout); the server or the network is stuck", .timeout.as_secs())]
+    /// No answer for `--stall-timeout`, and a probe found the server not
+    /// working on it (see db/watch.rs): the server or the network is stuck.
+    /// Transient: the task is tried again.
+    #[error("{side} database: {context}: no answer for {} s (--stall-timeout) and {why}", .timeout.as_secs())]
     Stalled {
         side: Side,
         context: String,
         timeout: std::time::Duration,
+        why: String,
     },
 
     #[error("{side} database: {context}: {}", pg_text(.source))]
@@ -341,7 +343,8 @@ mod tests {
             Error::Stalled {
                 side: Side::Source,
                 context: "x".into(),
-                timeout: d
+                timeout: d,
+                why: "y".into()
             }
             .kind(),
             Kind::Transient

@@ -21,6 +21,7 @@ pub mod error;
 pub mod ident;
 pub mod plan;
 pub mod queue;
+pub mod statements;
 pub mod ui;
 pub mod verify;
 pub mod worker;

@@ -38,8 +38,12 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let name = command_name(&cli.command);
 
+    // 8 MiB stacks as the main thread's: a worker's future nests the copy,
+    // the COPY pipe and the stuck-server watch, and unoptimized builds keep
+    // them large.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(8 * 1024 * 1024)
         .build()
     {
         Ok(rt) => rt,
@@ -106,7 +110,7 @@ fn main() -> ExitCode {
 }
 
 /// How long a stopped `copy` or `verify` may take to print its summary.
-const GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Resolves when the process should stop whatever the command is doing:
 /// at the second signal; at the first for commands without in-flight

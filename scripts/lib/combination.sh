@@ -28,7 +28,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=common.sh
+# shellcheck source=scripts/lib/common.sh
 . "$here/common.sh"
 
 MATRIX_DIR="${HYPERFILL_MATRIX_DIR:-/tmp/hyperfill-matrix}"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by scripts/lib/licensed-install.sh, scripts/lib/combination.sh
 # and scripts/matrix.sh (sourced, never run).  Logging goes to stderr with the
 # same prefix as the other scripts, so stdout stays free for results.

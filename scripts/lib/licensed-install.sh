@@ -38,7 +38,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=common.sh
+# shellcheck source=scripts/lib/common.sh
 . "$here/common.sh"
 
 STAMP=.hyperfill-install

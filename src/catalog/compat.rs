@@ -12,6 +12,7 @@
 //! | 2.19 | `compression_settings` keyed by the chunk itself, with `compress_relid` | [`SettingsKey::Chunk`] |
 //! | 2.22 | UUIDv7 time dimensions; `timescaledb.enable_direct_compress_copy` (COPY into a hypertable may write compressed batches directly) | stage refuses hypertables partitioned by a uuid (naming them, `commands/bounds.rs`); [`Features::direct_compress_copy_setting`]: set off in every copy transaction |
 //! | 2.23 | invalidations recorded in C for every write, no trigger; a COPY into a chunk goes through TimescaleDB's own COPY path (which refuses frozen chunks and may compress directly) | [`Invalidations::Recorded`]: `timescaledb.restoring` around direct writes when the role may set it |
+//! | 2.25 | `continuous_agg.finalized` removed: old-format (non-finalized) caggs no longer exist | [`Features::old_format_caggs`]: `check` looks for them only before 2.25 |
 //! | 2.26 | `chunk.dropped` removed (dropped chunks are deleted from the catalog) | [`ChunkCatalog::V2_26`] |
 //! | 2.28 | `dimension_slice` per chunk (`chunk_id` column); `chunk_constraint` becomes a compatibility view; `timescaledb.skip_cagg_invalidation` (a `SET LOCAL` for migration tools) | [`ChunkCatalog::V2_28`]: slices by `dimension_slice.chunk_id`; [`Invalidations::Skip`]: `SET LOCAL timescaledb.skip_cagg_invalidation = on`, no privilege needed |
 //! | 2.29 | `chunk` keyed by `relid regclass` (no names, no `compressed_chunk_id`); compressed data in a standalone `<chunk>_compressed` relation found through `compression_settings` (`relid` → `compress_relid`); no internal compressed hypertable; hypertable `status` carries the compression (4) and `direct_compress` (8) bits | [`ChunkCatalog::V2_29`]; [`Features::direct_compress_option`]: COPYs into a hypertable with `direct_compress` run with `timescaledb.enable_optimizations` off (row by row, never compressed on the way in) |
@@ -20,7 +21,26 @@
 //! The copy also depends on the PostgreSQL majors of the two sides, not on
 //! TimescaleDB: see `catalog::columns` (binary or text COPY per type).
 
+use std::ops::RangeInclusive;
+
 use super::Version;
+
+/// The PostgreSQL majors a TimescaleDB release runs on, as each release's
+/// `src/compat/compat.h` accepts them (read for 2.16.1, 2.19.3, 2.22.1,
+/// 2.25.2, 2.28.3 and 2.29.2; the releases between are given the narrower
+/// of their neighbours' ranges, so a fix we propose always exists).
+/// 2.29 also accepts 19, not yet released.
+pub fn postgres_majors(v: Version) -> RangeInclusive<u32> {
+    if v >= Version(2, 29, 0) {
+        16..=18
+    } else if v >= Version(2, 22, 0) {
+        15..=18
+    } else if v >= Version(2, 20, 0) {
+        15..=17
+    } else {
+        14..=17
+    }
+}
 
 /// The shape of the chunk catalog: how chunks, their names, their
 /// compressed relation and their dimension slices are found.
@@ -100,6 +120,9 @@ pub struct Features {
     pub direct_compress_option: bool,
     /// 2.22+: a hypertable may be partitioned by a UUIDv7 column.
     pub uuid_time_dimension: bool,
+    /// Before 2.25: continuous aggregates may still be in the old,
+    /// non-finalized format (`continuous_agg.finalized`).
+    pub old_format_caggs: bool,
 }
 
 impl Features {
@@ -130,6 +153,7 @@ impl Features {
             direct_compress_copy_setting: at_least(2, 22),
             direct_compress_option: at_least(2, 29),
             uuid_time_dimension: at_least(2, 22),
+            old_format_caggs: !at_least(2, 25),
         }
     }
 

@@ -3,9 +3,11 @@
 mod columns;
 #[macro_use]
 pub mod compat;
-mod sql;
+pub(crate) mod sql;
 
-pub use columns::{column_differences, hypertable_columns, relation_columns, Column};
+pub use columns::{
+    column_differences, hypertable_columns, relation_columns, text_copy_needed, Column,
+};
 pub use compat::Features;
 
 use crate::db::Db;
@@ -49,6 +51,9 @@ pub struct Extension {
     pub license: String,
     /// What this release needs (see `compat.rs`).
     pub features: Features,
+    /// The server's PostgreSQL version (`17.11`) and major (17).
+    pub postgres_version: String,
+    pub postgres_major: u32,
 }
 
 impl Extension {
@@ -78,6 +83,8 @@ pub async fn extension(db: &Db) -> Result<Extension> {
     let schema: String = row.get(1);
     let functions_schema: String = row.get(2);
     let license: String = row.get(3);
+    let postgres_version: String = row.get(4);
+    let postgres_major = (row.get::<_, i32>(5) / 10000).max(0) as u32;
     let version = Version::parse(&version_text).ok_or_else(|| Error::Precondition {
         side: db.side,
         message: format!("cannot understand the timescaledb version '{version_text}'"),
@@ -89,25 +96,23 @@ pub async fn extension(db: &Db) -> Result<Extension> {
         functions_schema,
         license,
         features: Features::for_version(version),
+        postgres_version,
+        postgres_major,
     })
 }
 
-/// Source and target must run exactly the same TimescaleDB release.
+/// Source and target must run exactly the same TimescaleDB release (the
+/// PostgreSQL majors may differ).
 pub fn ensure_compatible(source: &Extension, target: &Extension) -> Result<()> {
     if source.version_text != target.version_text {
         return Err(Error::Incompatible(format!(
-            "TimescaleDB versions differ: source runs {s}, target runs {t}. \
-             They must be exactly the same: on the database with the older one, run \
-             `ALTER EXTENSION timescaledb UPDATE TO '{newer}';` (as the first command of a \
-             fresh session, e.g. `psql -X -c ...`), or install {s} on the target. \
-             Nothing was changed.",
+            "TimescaleDB versions differ: source runs {s} (PostgreSQL {sp}), target runs {t} \
+             (PostgreSQL {tp}). They must be exactly the same. Fix: {fix}. Nothing was changed.",
             s = source.version_text,
             t = target.version_text,
-            newer = if source.version >= target.version {
-                &source.version_text
-            } else {
-                &target.version_text
-            },
+            sp = source.postgres_version,
+            tp = target.postgres_version,
+            fix = version_fix(source, target),
         )));
     }
     if source.version < MIN_SUPPORTED {
@@ -118,6 +123,59 @@ pub fn ensure_compatible(source: &Extension, target: &Extension) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A way to put both sides on the same TimescaleDB release that exists:
+/// only releases the side's PostgreSQL major can run are proposed
+/// ([`compat::postgres_majors`]).
+pub fn version_fix(s: &Extension, t: &Extension) -> String {
+    let runs = |v: Version, pg: u32| compat::postgres_majors(v).contains(&pg);
+    let (sv, tv) = (&s.version_text, &t.version_text);
+    let (sp, tp) = (s.postgres_major, t.postgres_major);
+    let mut fixes = Vec::new();
+    if runs(s.version, tp) {
+        fixes.push(if s.version > t.version {
+            format!(
+                "install TimescaleDB {sv} for PostgreSQL {tp} on the target server and run \
+                 `ALTER EXTENSION timescaledb UPDATE TO '{sv}';` in the target database as the \
+                 first command of a fresh session (psql -X)"
+            )
+        } else {
+            format!(
+                "install TimescaleDB {sv} for PostgreSQL {tp} on the target server, create the \
+                 target database again with `CREATE EXTENSION timescaledb VERSION '{sv}';` and \
+                 restore the schema into it (an extension cannot be downgraded in place)"
+            )
+        });
+    }
+    if t.version > s.version && runs(t.version, sp) {
+        fixes.push(format!(
+            "or install TimescaleDB {tv} for PostgreSQL {sp} on the source server and run \
+             `ALTER EXTENSION timescaledb UPDATE TO '{tv}';` in the source database as the first \
+             command of a fresh session (psql -X); the application's dual writes need it too"
+        ));
+    }
+    if fixes.is_empty() {
+        let range = |v: Version| {
+            let r = compat::postgres_majors(v);
+            format!("{}-{}", r.start(), r.end())
+        };
+        fixes.push(format!(
+            "TimescaleDB {sv} runs on PostgreSQL {} only, so the target (PostgreSQL {tp}) cannot \
+             run it{}; give the target a PostgreSQL major that runs {sv}, or upgrade the \
+             source's PostgreSQL first",
+            range(s.version),
+            if t.version > s.version {
+                format!(
+                    ", and {tv} (PostgreSQL {}) cannot run on the source",
+                    range(t.version)
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+    fixes.join("; ")
 }
 
 /// The time type of a hypertable's first open (time) dimension.
@@ -457,6 +515,8 @@ mod tests {
             functions_schema: "_timescaledb_functions".into(),
             license: "timescale".into(),
             features: Features::for_version(Version::parse(v).unwrap()),
+            postgres_version: "15.10".into(),
+            postgres_major: 15,
         };
         let err = ensure_compatible(&mk("2.19.3"), &mk("2.18.0")).unwrap_err();
         let msg = err.to_string();
@@ -466,6 +526,38 @@ mod tests {
             "{msg}"
         );
         assert_eq!(err.exit_code(), 3);
+    }
+
+    #[test]
+    fn version_fix_proposes_only_releases_the_postgres_major_can_run() {
+        let mk = |v: &str, pg: u32| Extension {
+            version_text: v.into(),
+            version: Version::parse(v).unwrap(),
+            schema: "public".into(),
+            functions_schema: "_timescaledb_functions".into(),
+            license: "timescale".into(),
+            features: Features::for_version(Version::parse(v).unwrap()),
+            postgres_version: format!("{pg}.1"),
+            postgres_major: pg,
+        };
+        // Target newer, on a newer major (a fresh managed service): 2.29
+        // needs PostgreSQL 16, so updating the PG 15 source is no fix.
+        let fix = version_fix(&mk("2.28.3", 15), &mk("2.29.2", 17));
+        assert!(
+            fix.contains("CREATE EXTENSION timescaledb VERSION '2.28.3'"),
+            "{fix}"
+        );
+        assert!(!fix.contains("UPDATE TO '2.29.2'"), "{fix}");
+        // Both majors run both releases: either way is offered.
+        let fix = version_fix(&mk("2.25.2", 15), &mk("2.28.3", 17));
+        assert!(fix.contains("VERSION '2.25.2'") && fix.contains("UPDATE TO '2.28.3'"));
+        // Source newer: update the target, when its major runs the release.
+        let fix = version_fix(&mk("2.29.2", 17), &mk("2.28.3", 17));
+        assert!(fix.contains("UPDATE TO '2.29.2'"), "{fix}");
+        // No release runs on both servers as they are.
+        let fix = version_fix(&mk("2.16.1", 14), &mk("2.29.2", 18));
+        assert!(!fix.contains("ALTER EXTENSION") && !fix.contains("CREATE EXTENSION"));
+        assert!(fix.contains("PostgreSQL 14-17"), "{fix}");
     }
 
     #[test]

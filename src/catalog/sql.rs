@@ -9,15 +9,17 @@ use super::compat::Variants;
 
 /// Either side. Returns the timescaledb extension's version, its schema, the
 /// schema of its internal functions (`_timescaledb_functions` since 2.12),
-/// and the license (`apache` builds lack compression, continuous aggregates
-/// and `create_chunk`).
+/// the license (`apache` builds lack compression, continuous aggregates
+/// and `create_chunk`), and the server's PostgreSQL version (text, number).
 // language=PostgreSQL
 pub const EXTENSION: &str = "\
 SELECT e.extversion::text,
        n.nspname::text,
        CASE WHEN to_regnamespace('_timescaledb_functions') IS NOT NULL
             THEN '_timescaledb_functions' ELSE '_timescaledb_internal' END,
-       coalesce(current_setting('timescaledb.license', true), 'apache')
+       coalesce(current_setting('timescaledb.license', true), 'apache'),
+       current_setting('server_version'),
+       current_setting('server_version_num')::int
 FROM pg_extension e
 JOIN pg_namespace n ON n.oid = e.extnamespace
 WHERE e.extname = 'timescaledb'";
@@ -158,17 +160,21 @@ SELECT EXISTS (
 pub const RELATION_EXISTS: &str = "SELECT to_regclass($1::text) IS NOT NULL";
 
 /// Either side. $1 = quoted qualified relation name. Its live columns in
-/// attribute order: name, `format_type` of the type, the type's schema, and
+/// attribute order: name, `format_type` of the type, the type's schema,
 /// whether binary COPY cannot carry it between two databases (no send/receive
 /// function, a composite, or an array of a composite or of a type created in
-/// the database, whose binary form embeds OIDs that differ between databases).
+/// the database, whose binary form embeds OIDs that differ between databases),
+/// and the functions that write and read its binary form (of the base type,
+/// and of the element type for an array): two servers whose functions differ
+/// (say, across PostgreSQL majors) exchange that column as text.
 // language=PostgreSQL
 pub const RELATION_COLUMNS: &str = "\
 SELECT a.attname::text,
        format_type(a.atttypid, a.atttypmod),
        tn.nspname::text,
        (b.typsend = 0 OR b.typreceive = 0 OR b.typtype = 'c'
-        OR (b.typcategory = 'A' AND (e.oid >= 16384 OR e.typtype = 'c'))) AS needs_text
+        OR (b.typcategory = 'A' AND (e.oid >= 16384 OR e.typtype = 'c'))) AS needs_text,
+       concat_ws(' ', b.typsend::text, b.typreceive::text, e.typsend::text, e.typreceive::text)
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 JOIN pg_namespace tn ON tn.oid = t.typnamespace

@@ -37,6 +37,9 @@ pub struct CopyReport {
     pub bytes: u64,
     pub seconds: f64,
     pub remaining: u64,
+    /// Failed attempts that were tried again (each task's final failure is
+    /// in `failed`, once).
+    pub retries: u64,
 }
 
 pub enum Event {
@@ -247,14 +250,14 @@ impl CopyJob {
             c.tgt.batch("COMMIT", "recording a failed task").await?;
             Ok::<_, Error>(r)
         };
-        match tokio::time::timeout(self.ctx.stall, record).await {
-            Ok(Ok(Some(recorded))) => Some(self.event(task.id, recorded, text)),
-            Ok(Ok(None)) => None,
-            Ok(Err(e)) => {
+        // A stuck target ends this with Error::Stalled (watched connection).
+        match record.await {
+            Ok(Some(recorded)) => Some(self.event(task.id, recorded, text)),
+            Ok(None) => None,
+            Err(e) => {
                 tracing::debug!(error = %e, "cannot record the failure in the task's transaction");
                 None
             }
-            Err(_) => None,
         }
     }
 
@@ -364,7 +367,6 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         rate: cfg
             .max_rate
             .map(|r| Arc::new(crate::copy::RateLimiter::new(r))),
-        stall: cfg.stall_timeout,
     };
     catalog::ensure_compatible(&ctx.source, &ctx.target)?;
     if cfg.requeue_mismatched {
@@ -400,10 +402,11 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         tried: Mutex::new(HashMap::new()),
     });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Workers' connections notice a stuck server (db/watch.rs).
     let pool_cfg = PoolConfig {
         workers,
-        source: cfg.source.clone(),
-        target: cfg.target.clone(),
+        source: cfg.source.watched(cfg.stall_timeout),
+        target: cfg.target.watched(cfg.stall_timeout),
         max_attempts: cfg.max_attempts,
     };
     let clock = Instant::now();
@@ -478,10 +481,12 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                         "[{n}/{total}] FAILED chunk {chunk} (attempt {attempt}): {error}"
                     ));
                 } else if attempt > 0 {
+                    report.retries += 1;
                     progress.line(&format!(
                         "Retrying chunk {chunk} after attempt {attempt} failed: {error}"
                     ));
                 } else {
+                    report.retries += 1;
                     progress.line(&format!("Retrying chunk {chunk}: {error}"));
                 }
             }

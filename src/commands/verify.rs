@@ -173,8 +173,10 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let pool_cfg = PoolConfig {
         workers,
-        source: cfg.source.clone(),
-        target: cfg.target.clone(),
+        // A stuck server fails the attempt instead of hanging (db/watch.rs);
+        // a long summary query on a busy server is waited for.
+        source: cfg.source.watched(crate::db::DEFAULT_STALL_TIMEOUT),
+        target: cfg.target.watched(crate::db::DEFAULT_STALL_TIMEOUT),
         max_attempts: MAX_ATTEMPTS,
     };
     let clock = Instant::now();

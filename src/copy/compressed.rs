@@ -193,18 +193,31 @@ pub async fn copy_whole(
         tgt,
         s_compressed,
         &t_compressed,
-        &s_cols,
+        (&s_cols, &t_cols),
         "ONLY ",
         None,
     )
     .await?;
 
     if s_state.partial {
-        let cols = catalog::relation_columns(src, s_chunk).await?;
+        let (cols, ht_cols) = tokio::try_join!(
+            catalog::relation_columns(src, s_chunk),
+            catalog::relation_columns(tgt, hypertable),
+        )?;
         // Through the hypertable, with TimescaleDB's hooks: only they set
         // the partial flag that makes these rows visible.
         quiet.hooks(tgt).await?;
-        let more = copy_rows(ctx, src, tgt, s_chunk, hypertable, &cols, "ONLY ", None).await?;
+        let more = copy_rows(
+            ctx,
+            src,
+            tgt,
+            s_chunk,
+            hypertable,
+            (&cols, &ht_cols),
+            "ONLY ",
+            None,
+        )
+        .await?;
         quiet.direct_writes(tgt).await?;
         stats.rows += more.rows;
         stats.bytes += more.bytes;

@@ -49,11 +49,11 @@ SELECT has_parameter_privilege('session_replication_role', 'SET'),
 
 /// Target, 2.28+: no invalidations for this transaction.
 // language=PostgreSQL
-const SET_SKIP: &str = "SET LOCAL timescaledb.skip_cagg_invalidation = on";
+pub(crate) const SET_SKIP: &str = "SET LOCAL timescaledb.skip_cagg_invalidation = on";
 
 /// Target. $1 = quoted relation name. The definition of its invalidation trigger.
 // language=PostgreSQL
-const TRIGGER_DEF: &str = "\
+pub(crate) const TRIGGER_DEF: &str = "\
 SELECT pg_get_triggerdef(t.oid)
 FROM pg_trigger t
 WHERE t.tgrelid = to_regclass($1::text) AND t.tgname = 'ts_cagg_invalidation_trigger'";

@@ -24,8 +24,6 @@ pub struct Context {
     pub invalidation: invalidation::Strategy,
     /// `--max-rate`, shared by all workers.
     pub rate: Option<std::sync::Arc<RateLimiter>>,
-    /// `--stall-timeout`: how long a COPY may move nothing.
-    pub stall: std::time::Duration,
 }
 
 /// The result of one copy task.
@@ -92,7 +90,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             tgt,
             &task.chunk,
             &task.hypertable,
-            &src_cols,
+            (&src_cols, &ht_cols),
             only,
             filter.as_deref(),
         )
@@ -163,7 +161,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 tgt,
                 &task.chunk,
                 &t_chunk,
-                &src_cols,
+                (&src_cols, &tgt_cols),
                 "ONLY ",
                 None,
             )
@@ -183,7 +181,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 tgt,
                 &task.chunk,
                 &t_chunk,
-                &src_cols,
+                (&src_cols, &tgt_cols),
                 only,
                 Some(f),
             )
@@ -287,7 +285,8 @@ async fn delete_range(tgt: &Db, chunk: &QualifiedName, filter: Option<&str>) -> 
 }
 
 /// Stream the rows of `source` (matching `filter`) into `target`, columns
-/// matched by name. Binary format unless a column's type cannot travel in it.
+/// (source's, target's) matched by name. Binary format unless a column's
+/// type cannot travel in it between these two servers.
 #[allow(clippy::too_many_arguments)]
 async fn copy_rows(
     ctx: &Context,
@@ -295,18 +294,22 @@ async fn copy_rows(
     tgt: &Db,
     source: &QualifiedName,
     target: &QualifiedName,
-    columns: &[Column],
+    columns: (&[Column], &[Column]),
     only: &str,
     filter: Option<&str>,
 ) -> Result<PipeStats> {
+    let (columns, target_columns) = columns;
     let list = columns
         .iter()
         .map(|c| quote_ident(&c.name))
         .collect::<Vec<_>>()
         .join(", ");
-    let text = columns.iter().any(|c| c.needs_text);
+    let text = catalog::text_copy_needed(columns, target_columns);
     if text {
-        tracing::info!(chunk = %source, "a column type has no portable binary form: using text COPY");
+        tracing::info!(
+            chunk = %source,
+            "a column type has no binary form both servers read the same way: using text COPY"
+        );
     }
     let format = if text { "text" } else { "binary" };
     let where_clause = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
@@ -325,7 +328,6 @@ async fn copy_rows(
         &inp,
         &format!("chunk {source}"),
         ctx.rate.as_deref(),
-        ctx.stall,
     )
     .await
 }

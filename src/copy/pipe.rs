@@ -1,13 +1,11 @@
 //! The streaming COPY pipe: source `COPY ... TO STDOUT` into target
 //! `COPY ... FROM STDIN`, with bounded memory.
 
-use std::time::Duration;
-
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 
 use crate::db::Db;
-use crate::error::{Error, Result, Side};
+use crate::error::Result;
 
 /// Rows are re-buffered into messages of about this size: fewer, larger
 /// CopyData messages to the target, and at most this much held per worker.
@@ -54,10 +52,10 @@ pub struct PipeStats {
 /// that failed and `what`.
 ///
 /// Every wait on either side (the start of each COPY, the next data from the
-/// source, a send to the target, the end) is bounded by `stall`: a server
-/// that stops answering, or a network that stops delivering while TCP still
-/// acknowledges (a frozen proxy, a stopped server process), fails the
-/// attempt with [`Error::Stalled`], which is transient. Waiting for
+/// source, a send to the target, the end) goes through [`Db::guard`]: on a
+/// worker's connection a server that stops answering, or a network that
+/// stops delivering while TCP still acknowledges (a frozen proxy), fails the
+/// attempt with `Error::Stalled` (transient) instead of hanging. Waiting for
 /// `--max-rate` does not count.
 pub async fn pipe(
     src: &Db,
@@ -66,86 +64,47 @@ pub async fn pipe(
     copy_in: &str,
     what: &str,
     rate: Option<&RateLimiter>,
-    stall: Duration,
 ) -> Result<PipeStats> {
-    let stalled = |side: Side, context: String| Error::Stalled {
-        side,
-        context,
-        timeout: stall,
-    };
-    async fn bounded<T>(
-        db: &Db,
-        context: String,
-        stall: Duration,
-        f: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(stall, f).await {
-            Ok(r) => r.map_err(|e| db.error(context, e)),
-            Err(_) => Err(Error::Stalled {
-                side: db.side,
-                context,
-                timeout: stall,
-            }),
-        }
-    }
-    let sink = bounded(
-        tgt,
-        format!("starting COPY into {what}"),
-        stall,
-        tgt.client.copy_in::<_, Bytes>(copy_in),
-    )
-    .await?;
-    let stream = bounded(
-        src,
-        format!("starting COPY out of {what}"),
-        stall,
-        src.client.copy_out(copy_out),
-    )
-    .await?;
+    let sink = tgt
+        .guard(
+            &format!("starting COPY into {what}"),
+            tgt.client.copy_in::<_, Bytes>(copy_in),
+        )
+        .await?;
+    let stream = src
+        .guard(
+            &format!("starting COPY out of {what}"),
+            src.client.copy_out(copy_out),
+        )
+        .await?;
     futures::pin_mut!(sink);
     futures::pin_mut!(stream);
 
+    let reading = format!("reading COPY data of {what}");
+    let writing = format!("writing COPY data into {what}");
     let mut buf = BytesMut::with_capacity(BUFFER);
     let mut bytes = 0u64;
-    loop {
-        let next = tokio::time::timeout(stall, stream.next())
-            .await
-            .map_err(|_| stalled(src.side, format!("reading COPY data of {what}")))?;
-        let Some(data) = next else { break };
-        let data = data.map_err(|e| src.error(format!("reading COPY data of {what}"), e))?;
+    while let Some(data) = src
+        .guard(&reading, async { stream.next().await.transpose() })
+        .await?
+    {
         bytes += data.len() as u64;
         buf.extend_from_slice(&data);
         if buf.len() >= BUFFER {
             if let Some(r) = rate {
                 r.acquire(buf.len()).await;
             }
-            bounded(
-                tgt,
-                format!("writing COPY data into {what}"),
-                stall,
-                sink.send(buf.split().freeze()),
-            )
-            .await?;
+            tgt.guard(&writing, sink.send(buf.split().freeze())).await?;
         }
     }
     if !buf.is_empty() {
         if let Some(r) = rate {
             r.acquire(buf.len()).await;
         }
-        bounded(
-            tgt,
-            format!("writing COPY data into {what}"),
-            stall,
-            sink.send(buf.freeze()),
-        )
-        .await?;
+        tgt.guard(&writing, sink.send(buf.freeze())).await?;
     }
-    let rows = bounded(
-        tgt,
-        format!("finishing COPY into {what}"),
-        stall,
-        sink.finish(),
-    )
-    .await?;
+    let rows = tgt
+        .guard(&format!("finishing COPY into {what}"), sink.finish())
+        .await?;
     Ok(PipeStats { rows, bytes })
 }

@@ -11,6 +11,7 @@ mod env;
 mod pgpass;
 mod settings;
 mod tls;
+mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -40,6 +41,11 @@ use tls::{Tls, TlsError, TlsStream};
 /// noticed on our side instead: `connect_timeout`, TCP keepalives and
 /// `--stall-timeout`.
 // language=PostgreSQL
+const SESSION_TIMEOUTS: &str =
+    "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0";
+
+/// The rest of the session set-up (see [`SESSION_TIMEOUTS`]).
+// language=PostgreSQL
 const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; \
      SET IntervalStyle = 'postgres'; \
      SET extra_float_digits = 3; \
@@ -47,8 +53,11 @@ const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; \
      SET bytea_output = 'hex'; \
      SET standard_conforming_strings = on; \
      SET client_min_messages = warning; \
-     SELECT set_config(name, '0', false) FROM pg_settings \
-     WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout', 'transaction_timeout')";
+     SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'transaction_timeout'";
+
+/// The server process of this session, for the stuck-server probe.
+// language=PostgreSQL
+const BACKEND_PID: &str = "SELECT pg_backend_pid()";
 
 /// Extra protection on the source: nothing we run there can write.
 // language=PostgreSQL
@@ -76,7 +85,14 @@ pub struct ConnInfo {
     /// The limit on one host's whole start-up, and where it came from
     /// (`None`: connect_timeout=0, no limit).
     connect_timeout: Option<(Duration, &'static str)>,
+    /// Connections made from this are watched for a stuck server
+    /// (`watch.rs`) with this stall timeout.
+    stall: Option<Duration>,
 }
+
+/// How long a watched connection waits for an answer before it probes the
+/// server (`copy --stall-timeout`'s default; `verify` uses it as is).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The connect_timeout used when neither the connection string nor
 /// PGCONNECT_TIMEOUT gives one (libpq waits forever).
@@ -176,7 +192,17 @@ impl ConnInfo {
             load_balance: settings.load_balance,
             hosts: settings.hosts,
             connect_timeout,
+            stall: None,
         })
+    }
+
+    /// The same connection string, whose connections notice a stuck server:
+    /// every wait longer than `stall` is checked by a probe (`watch.rs`).
+    pub fn watched(&self, stall: Duration) -> ConnInfo {
+        ConnInfo {
+            stall: Some(stall),
+            ..self.clone()
+        }
     }
 
     /// `user@host:port/dbname`, for messages. Never includes the password.
@@ -193,7 +219,7 @@ impl ConnInfo {
     pub async fn connect(&self) -> Result<Db> {
         let (client, connection) = self.open().await?;
         let side = self.side;
-        let db = Db::new(client, side);
+        let mut db = Db::new(client, side);
         let ended = db.ended.clone();
         tokio::spawn(async move {
             let mut connection = Box::pin(connection);
@@ -207,13 +233,44 @@ impl ConnInfo {
             drop(connection);
         });
         let setup = async {
+            // The limits go first, alone: a server-side statement_timeout
+            // counts from the start of each query string, and a tiny one
+            // (50 ms) can end even this on a loaded server; then try again.
+            let mut tries = 0;
+            loop {
+                match db.batch(SESSION_TIMEOUTS, "setting up the session").await {
+                    Err(Error::Db { source, .. })
+                        if tries < 3 && source.code() == Some(&SqlState::QUERY_CANCELED) =>
+                    {
+                        tries += 1;
+                    }
+                    r => break r?,
+                }
+            }
             db.batch(SESSION_SETUP, "setting up the session").await?;
             if side == Side::Source {
                 db.batch(SOURCE_SETUP, "setting up the session").await?;
             }
-            Ok(())
+            match self.stall {
+                Some(_) => Ok(Some(
+                    db.query_one(BACKEND_PID, &[], "setting up the session")
+                        .await?
+                        .get::<_, i32>(0),
+                )),
+                None => Ok(None),
+            }
         };
-        self.within_timeout(&self.describe(), setup).await?;
+        let pid = self.within_timeout(&self.describe(), setup).await?;
+        if let (Some(pid), Some(stall)) = (pid, self.stall) {
+            db.watch = Some(watch::Watch {
+                conn: ConnInfo {
+                    stall: None,
+                    ..self.clone()
+                },
+                pid,
+                stall,
+            });
+        }
         Ok(db)
     }
 
@@ -441,6 +498,8 @@ pub struct Db {
     /// per-chunk queries run thousands of times, and preparing once saves a
     /// round trip and the server's parse and plan each time.
     statements: std::sync::Mutex<HashMap<String, Statement>>,
+    /// Set on worker connections: every wait is checked for a stuck server.
+    watch: Option<watch::Watch>,
 }
 
 /// Statements kept per connection at most; the cache starts over past this
@@ -454,6 +513,7 @@ impl Db {
             side,
             ended: Arc::default(),
             statements: std::sync::Mutex::new(HashMap::new()),
+            watch: None,
         }
     }
 
@@ -479,6 +539,21 @@ impl Db {
             }
         }
         Error::db(self.side, what, e)
+    }
+
+    /// Await an operation on this connection; on a watched connection, a
+    /// stuck server fails it with [`Error::Stalled`] instead of hanging.
+    /// Errors name the side and `what`.
+    pub async fn guard<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        let r = match &self.watch {
+            None => f.await,
+            Some(w) => w.run(self.side, what, f).await?,
+        };
+        r.map_err(|e| self.error(what, e))
     }
 
     async fn statement(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
@@ -507,7 +582,7 @@ impl Db {
         what: &str,
     ) -> Result<Vec<Row>> {
         let run = async { self.client.query(&self.statement(sql).await?, params).await };
-        run.await.map_err(|e| self.error(what, e))
+        self.guard(what, run).await
     }
 
     pub async fn query_one(
@@ -521,7 +596,7 @@ impl Db {
                 .query_one(&self.statement(sql).await?, params)
                 .await
         };
-        run.await.map_err(|e| self.error(what, e))
+        self.guard(what, run).await
     }
 
     pub async fn query_opt(
@@ -535,7 +610,7 @@ impl Db {
                 .query_opt(&self.statement(sql).await?, params)
                 .await
         };
-        run.await.map_err(|e| self.error(what, e))
+        self.guard(what, run).await
     }
 
     pub async fn execute(
@@ -549,14 +624,11 @@ impl Db {
                 .execute(&self.statement(sql).await?, params)
                 .await
         };
-        run.await.map_err(|e| self.error(what, e))
+        self.guard(what, run).await
     }
 
     pub async fn batch(&self, sql: &str, what: &str) -> Result<()> {
-        self.client
-            .batch_execute(sql)
-            .await
-            .map_err(|e| self.error(what, e))
+        self.guard(what, self.client.batch_execute(sql)).await
     }
 }
 

@@ -223,6 +223,7 @@ mod tests {
             type_name: ty.into(),
             type_schema: "pg_catalog".into(),
             needs_text: false,
+            binary_io: String::new(),
         }
     }
 

@@ -122,6 +122,13 @@ impl Dbs {
         )
     }
 
+    /// Fresh databases on the given servers (a test's private clusters).
+    pub async fn on(name: &str, source_admin: &str, target_admin: &str) -> Dbs {
+        Self::create(name, source_admin, target_admin)
+            .await
+            .expect("creating the test databases")
+    }
+
     async fn create(name: &str, s: &str, t: &str) -> Result<Dbs> {
         let db = format!("hf_{name}");
         assert!(
