@@ -41,7 +41,32 @@ pub struct Report {
     /// On-disk size of the selected hypertables on the source (chunks,
     /// compressed chunks, indexes): roughly what the target will need.
     pub estimated_bytes: i64,
+    /// Where the source stands when it is a hot standby (read replica).
+    pub source_standby: Option<Standby>,
     pub findings: Vec<Finding>,
+}
+
+/// A hot-standby source: how far it has replayed the primary's changes, and
+/// the settings that decide whether it cancels long reads.
+#[derive(Debug, Clone, Serialize)]
+pub struct Standby {
+    /// Commit time of the last transaction replayed (UTC), if any since the
+    /// standby started.
+    pub last_replayed_commit: Option<String>,
+    /// Seconds since then: the replay lag while the primary is busy (it also
+    /// grows while the primary commits nothing).
+    pub seconds_since_last_replayed_commit: Option<f64>,
+    /// WAL received from the primary (NULL when not streaming).
+    pub received_lsn: Option<String>,
+    pub replayed_lsn: Option<String>,
+    /// Received but not yet replayed.
+    pub replay_backlog_bytes: Option<i64>,
+    pub replay_paused: bool,
+    pub hot_standby_feedback: bool,
+    /// Milliseconds; -1 waits forever.
+    pub max_standby_streaming_delay_ms: i64,
+    /// As SHOW prints it (`30s`).
+    pub max_standby_streaming_delay: String,
 }
 
 impl Report {
@@ -134,6 +159,24 @@ pub(crate) const HYPERTABLE_SIZE: &str =
 /// Either side. The PostgreSQL version, for a side without TimescaleDB.
 // language=PostgreSQL
 const SERVER_VERSION: &str = "SELECT current_setting('server_version')";
+
+/// Source. Whether it is a hot standby; if so, how far it has replayed and
+/// the settings that decide recovery conflicts (readable by any role).
+/// Columns: in recovery, last replayed commit (text, UTC), seconds since,
+/// received LSN, replayed LSN, backlog bytes, replay paused,
+/// hot_standby_feedback, max_standby_streaming_delay in ms and as shown.
+// language=PostgreSQL
+const STANDBY_STATE: &str = "\
+SELECT pg_is_in_recovery(),
+       pg_last_xact_replay_timestamp()::text,
+       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,
+       pg_last_wal_receive_lsn()::text,
+       pg_last_wal_replay_lsn()::text,
+       pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint,
+       CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END,
+       current_setting('hot_standby_feedback')::bool,
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'max_standby_streaming_delay'),
+       current_setting('max_standby_streaming_delay')";
 
 /// Either side. Whether this session is encrypted.
 // language=PostgreSQL
@@ -242,6 +285,7 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
     scheduled_jobs(&tgt, &mut f).await;
     tablespaces(&src, &mut f).await;
     metadata(&src, &tgt, &mut f).await;
+    let source_standby = standby(&src, &mut f).await?;
     for (side, db) in [(Side::Source, &src), (Side::Target, &tgt)] {
         timeouts(side, db, &mut f).await;
     }
@@ -311,6 +355,7 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
         target_license: t_ext.license.clone(),
         hypertables: hypertables.len(),
         estimated_bytes,
+        source_standby,
         findings: f.0,
     })
 }
@@ -366,6 +411,7 @@ fn without_extension(
         target_postgres: postgres.1,
         hypertables: 0,
         estimated_bytes: 0,
+        source_standby: None,
         findings: f.0,
     }
 }
@@ -610,6 +656,133 @@ async fn metadata(src: &Db, tgt: &Db, f: &mut Findings) {
     }
 }
 
+/// A hot-standby source: how far it lags (so the user knows whether it
+/// holds every row below T yet) and whether its settings let it cancel long
+/// copies (recovery conflicts).
+async fn standby(src: &Db, f: &mut Findings) -> Result<Option<Standby>> {
+    let r = src
+        .query_one(STANDBY_STATE, &[], "reading the standby's replay state")
+        .await?;
+    if !r.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let st = Standby {
+        last_replayed_commit: r.get(1),
+        seconds_since_last_replayed_commit: r.get(2),
+        received_lsn: r.get(3),
+        replayed_lsn: r.get(4),
+        replay_backlog_bytes: r.get(5),
+        replay_paused: r.get(6),
+        hot_standby_feedback: r.get(7),
+        max_standby_streaming_delay_ms: r.get(8),
+        max_standby_streaming_delay: r.get(9),
+    };
+    standby_findings(&st, f);
+    Ok(Some(st))
+}
+
+/// The findings for a hot-standby source (pure, unit-tested).
+fn standby_findings(st: &Standby, f: &mut Findings) {
+    let replayed = match (
+        &st.last_replayed_commit,
+        st.seconds_since_last_replayed_commit,
+    ) {
+        (Some(at), Some(secs)) => format!(
+            "the last transaction it replayed committed on the primary at {at} ({} ago)",
+            ui::duration(std::time::Duration::from_secs_f64(secs.max(0.0)))
+        ),
+        _ => "it has replayed no transaction since it started".into(),
+    };
+    let position = match (&st.received_lsn, &st.replayed_lsn) {
+        (Some(recv), Some(rep)) => format!(
+            "; WAL received up to {recv}, replayed up to {rep} ({} not yet replayed)",
+            ui::bytes(st.replay_backlog_bytes.unwrap_or(0).max(0) as u64)
+        ),
+        (None, Some(rep)) => format!("; WAL replayed up to {rep}"),
+        _ => String::new(),
+    };
+    f.add(
+        Severity::Note,
+        "standby-lag",
+        Some(Side::Source),
+        format!(
+            "the source is a hot standby (read replica): {replayed}{position}. It holds every row \
+             the primary committed before that time, and none committed after"
+        ),
+        Some(
+            "stage and copy with --until T only once the standby has replayed past the primary's \
+             last write of a row below T (shortly after T): run check again, or \
+             SELECT pg_last_xact_replay_timestamp() on the standby"
+                .into(),
+        ),
+    );
+    if st.replay_paused {
+        f.add(
+            Severity::Warning,
+            "standby-paused",
+            Some(Side::Source),
+            "replay is paused on the standby: it does not receive the primary's new rows".into(),
+            Some("on the standby: SELECT pg_wal_replay_resume();".into()),
+        );
+    }
+    if st.received_lsn.is_none() {
+        f.add(
+            Severity::Warning,
+            "standby-not-streaming",
+            Some(Side::Source),
+            "the standby is not streaming from a primary (disconnected, or replaying from an \
+             archive): it may be far behind, and max_standby_archive_delay rather than \
+             max_standby_streaming_delay decides when it cancels reads"
+                .into(),
+            Some("check primary_conninfo and pg_stat_wal_receiver on the standby".into()),
+        );
+    }
+    let delay = &st.max_standby_streaming_delay;
+    if st.max_standby_streaming_delay_ms < 0 {
+        f.add(
+            Severity::Note,
+            "recovery-conflicts",
+            Some(Side::Source),
+            "max_standby_streaming_delay = -1: the standby never cancels hyperfill's reads; it \
+             delays replay instead, so it falls behind the primary while long copies run"
+                .into(),
+            None,
+        );
+    } else if !st.hot_standby_feedback {
+        f.add(
+            Severity::Warning,
+            "recovery-conflicts",
+            Some(Side::Source),
+            format!(
+                "hot_standby_feedback = off and max_standby_streaming_delay = {delay}: the standby \
+                 cancels a copy that holds back replay for longer than {delay} (the primary's \
+                 vacuum removing rows the copy still sees, or a lock from drop_chunks or \
+                 compression). hyperfill retries the chunk, but a chunk that takes longer than \
+                 that to copy can fail again and again"
+            ),
+            Some(
+                "on the standby: ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf(); \
+                 (the primary's vacuum then keeps what the copies read), or raise \
+                 max_standby_streaming_delay above the time the largest chunk takes to copy"
+                    .into(),
+            ),
+        );
+    } else {
+        f.add(
+            Severity::Note,
+            "recovery-conflicts",
+            Some(Side::Source),
+            format!(
+                "hot_standby_feedback = on: the primary's vacuum keeps what hyperfill's copies \
+                 read; a lock conflict (drop_chunks, compression or a schema change on the \
+                 primary) still cancels a copy after max_standby_streaming_delay = {delay}, and \
+                 hyperfill retries it"
+            ),
+            None,
+        );
+    }
+}
+
 /// The human report.
 pub fn print(r: &Report) {
     if ui::json_mode() {
@@ -652,5 +825,116 @@ pub fn print(r: &Report) {
         ));
     } else {
         ui::line(&format!("Not ready: {errors} error(s), {warnings} warning(s). Fix the errors, then run check again."));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn standby() -> Standby {
+        Standby {
+            last_replayed_commit: Some("2026-11-30 19:00:00.5+00".into()),
+            seconds_since_last_replayed_commit: Some(2.5),
+            received_lsn: Some("0/3000148".into()),
+            replayed_lsn: Some("0/3000100".into()),
+            replay_backlog_bytes: Some(72),
+            replay_paused: false,
+            hot_standby_feedback: false,
+            max_standby_streaming_delay_ms: 30_000,
+            max_standby_streaming_delay: "30s".into(),
+        }
+    }
+
+    fn findings(st: &Standby) -> Vec<Finding> {
+        let mut f = Findings(Vec::new());
+        standby_findings(st, &mut f);
+        f.0
+    }
+
+    fn find<'a>(f: &'a [Finding], code: &str) -> Option<&'a Finding> {
+        f.iter().find(|x| x.code == code)
+    }
+
+    #[test]
+    fn a_standby_with_default_settings_is_warned_about_recovery_conflicts() {
+        let f = findings(&standby());
+        let lag = find(&f, "standby-lag").expect("lag");
+        assert_eq!(lag.severity, Severity::Note);
+        assert!(
+            lag.message
+                .contains("committed on the primary at 2026-11-30 19:00:00.5+00 (2.5s ago)"),
+            "{}",
+            lag.message
+        );
+        assert!(
+            lag.message.contains(
+                "received up to 0/3000148, replayed up to 0/3000100 (72 B not yet replayed)"
+            ),
+            "{}",
+            lag.message
+        );
+        let c = find(&f, "recovery-conflicts").expect("conflicts");
+        assert_eq!(c.severity, Severity::Warning);
+        assert!(c
+            .message
+            .contains("hot_standby_feedback = off and max_standby_streaming_delay = 30s"));
+        let fix = c.fix.as_deref().unwrap_or_default();
+        assert!(
+            fix.contains("hot_standby_feedback = on")
+                && fix.contains("max_standby_streaming_delay")
+        );
+        assert!(find(&f, "standby-paused").is_none());
+        assert!(find(&f, "standby-not-streaming").is_none());
+    }
+
+    #[test]
+    fn feedback_or_an_unbounded_delay_only_notes_what_remains() {
+        let f = findings(&Standby {
+            hot_standby_feedback: true,
+            ..standby()
+        });
+        let c = find(&f, "recovery-conflicts").expect("conflicts");
+        assert_eq!(c.severity, Severity::Note);
+        assert!(c.message.contains("lock conflict"), "{}", c.message);
+        let f = findings(&Standby {
+            max_standby_streaming_delay_ms: -1,
+            max_standby_streaming_delay: "-1".into(),
+            ..standby()
+        });
+        let c = find(&f, "recovery-conflicts").expect("conflicts");
+        assert_eq!(c.severity, Severity::Note);
+        assert!(c.message.contains("falls behind"), "{}", c.message);
+    }
+
+    #[test]
+    fn a_paused_or_disconnected_standby_is_warned_about() {
+        let f = findings(&Standby {
+            replay_paused: true,
+            received_lsn: None,
+            replay_backlog_bytes: None,
+            last_replayed_commit: None,
+            seconds_since_last_replayed_commit: None,
+            ..standby()
+        });
+        assert_eq!(
+            find(&f, "standby-paused").map(|x| x.severity),
+            Some(Severity::Warning)
+        );
+        assert_eq!(
+            find(&f, "standby-not-streaming").map(|x| x.severity),
+            Some(Severity::Warning)
+        );
+        let lag = find(&f, "standby-lag").expect("lag");
+        assert!(
+            lag.message.contains("replayed no transaction"),
+            "{}",
+            lag.message
+        );
+        assert!(
+            lag.message.contains("WAL replayed up to 0/3000100"),
+            "{}",
+            lag.message
+        );
     }
 }

@@ -273,9 +273,10 @@ pub struct CopyArgs {
     pub parallelism: u16,
 
     /// How many times a task is tried in one run when it fails with a
-    /// transient error (lost connection, serialization failure, deadlock,
-    /// shutdown, lock timeout, stall); a permanent error (constraint, data,
-    /// privilege, missing object) fails it at once
+    /// transient error (lost connection, serialization failure, a
+    /// hot-standby source's recovery conflict, deadlock, shutdown, lock
+    /// timeout, stall); a permanent error (constraint, data, privilege,
+    /// missing object) fails it at once
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
 

@@ -179,6 +179,10 @@ pub fn pg_text(err: &tokio_postgres::Error) -> String {
             s.push_str("\n  HINT: ");
             s.push_str(hint);
         }
+        if is_recovery_conflict(db.code().code(), db.message()) {
+            s.push_str("\n  ");
+            s.push_str(RECOVERY_CONFLICT_HELP);
+        }
         return s;
     }
     // tokio-postgres nests the I/O cause; show the innermost useful text.
@@ -193,6 +197,25 @@ pub fn pg_text(err: &tokio_postgres::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+/// What hyperfill adds to a recovery conflict: a hot-standby source cancelled
+/// a read (or ended the session of an idle one) because it held back the
+/// replay of the primary's changes for longer than the standby allows.
+pub const RECOVERY_CONFLICT_HELP: &str = "The source is a hot standby: it cancelled this read \
+     to go on replaying the primary's changes (a recovery conflict; hyperfill retries such a \
+     chunk up to --max-attempts times). To avoid it, \
+     set hot_standby_feedback = on on the standby, or raise its max_standby_streaming_delay \
+     above the time the largest chunk takes to copy (`hyperfill check` shows both).";
+
+/// Whether a server error is a hot standby's recovery conflict: SQLSTATE
+/// 40001, "canceling statement due to conflict with recovery" (a query ran
+/// too long) or "terminating connection due to conflict with recovery" (an
+/// idle transaction held a snapshot, or a lock conflict). The same SQLSTATE
+/// as a serialization failure, so it is retried as one. A dropped database
+/// (57P04, same wording) is not: that conflict does not go away.
+pub fn is_recovery_conflict(sqlstate: &str, message: &str) -> bool {
+    sqlstate == "40001" && message.contains("due to conflict with recovery")
 }
 
 /// Whether a failure may go away by itself if the same work is tried again.
@@ -274,6 +297,30 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_conflicts_are_told_apart_from_serialization_failures() {
+        // What PostgreSQL 15..18 send (postgres.c, recovery conflict handling).
+        assert!(is_recovery_conflict(
+            "40001",
+            "canceling statement due to conflict with recovery"
+        ));
+        assert!(is_recovery_conflict(
+            "40001",
+            "terminating connection due to conflict with recovery"
+        ));
+        assert!(!is_recovery_conflict(
+            "40001",
+            "could not serialize access due to concurrent update"
+        ));
+        assert!(!is_recovery_conflict(
+            "57P04",
+            "terminating connection due to conflict with recovery"
+        ));
+        for setting in ["hot_standby_feedback", "max_standby_streaming_delay"] {
+            assert!(RECOVERY_CONFLICT_HELP.contains(setting));
+        }
+    }
 
     #[test]
     fn sqlstates_are_classified() {

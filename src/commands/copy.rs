@@ -113,7 +113,8 @@ struct CopyJob {
 }
 
 /// Begin the source transaction of a task: read-only, one snapshot, the
-/// exported one when staged with `--snapshot`.
+/// exported one when staged with `--snapshot`. REPEATABLE READ, never
+/// SERIALIZABLE: a hot-standby source refuses serializable transactions.
 pub async fn begin_source(src: &Db, task: &Task) -> Result<()> {
     src.batch(
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",

@@ -16,6 +16,7 @@ mod watch;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::config::SslMode as PgSslMode;
@@ -218,12 +219,19 @@ impl ConnInfo {
     pub async fn connect(&self) -> Result<Db> {
         let (client, connection) = self.open().await?;
         let side = self.side;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%side, error = %e, "connection closed with an error");
-            }
-        });
         let mut db = Db::new(client, side);
+        let ended = db.ended.clone();
+        tokio::spawn(async move {
+            let mut connection = Box::pin(connection);
+            if let Err(e) = connection.as_mut().await {
+                tracing::debug!(%side, error = %e, "connection closed with an error");
+                // Kept before the connection is dropped, so that the
+                // client's next request, which fails as "connection
+                // closed", can report why instead.
+                *ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+            drop(connection);
+        });
         let setup = async {
             // The limits go first, alone: a server-side statement_timeout
             // counts from the start of each query string, and a tiny one
@@ -481,6 +489,11 @@ fn shuffle(v: &mut [usize]) {
 pub struct Db {
     pub client: Client,
     pub side: Side,
+    /// The error the server ended the session with, if it did: a FATAL
+    /// sent while no request was waiting (a hot standby ending an idle
+    /// transaction for a recovery conflict, an administrator's
+    /// pg_terminate_backend) reaches no request, only the connection.
+    ended: Arc<Mutex<Option<tokio_postgres::Error>>>,
     /// Statements prepared on this connection, by their text: the same
     /// per-chunk queries run thousands of times, and preparing once saves a
     /// round trip and the server's parse and plan each time.
@@ -498,9 +511,34 @@ impl Db {
         Db {
             client,
             side,
+            ended: Arc::default(),
             statements: std::sync::Mutex::new(HashMap::new()),
             watch: None,
         }
+    }
+
+    /// The error for a failed request on this connection: the side and the
+    /// operation, and, when the connection was closed because the server
+    /// ended the session, the server's own error (message, SQLSTATE, hint)
+    /// rather than a bare "connection closed".
+    pub fn error(&self, what: impl Into<String>, e: tokio_postgres::Error) -> Error {
+        if e.is_closed() {
+            let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(ended) = ended {
+                // Only where that keeps the decision to retry: a closed
+                // connection is always retried.
+                if crate::error::is_retryable(&ended) {
+                    return Error::db(self.side, what, ended);
+                }
+                let what = format!(
+                    "{} (the server ended the session: {})",
+                    what.into(),
+                    crate::error::pg_text(&ended)
+                );
+                return Error::db(self.side, what, e);
+            }
+        }
+        Error::db(self.side, what, e)
     }
 
     /// Await an operation on this connection; on a watched connection, a
@@ -515,7 +553,7 @@ impl Db {
             None => f.await,
             Some(w) => w.run(self.side, what, f).await?,
         };
-        r.map_err(|e| Error::db(self.side, what, e))
+        r.map_err(|e| self.error(what, e))
     }
 
     async fn statement(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {

@@ -3,21 +3,21 @@
 
 use crate::harness::Dbs;
 
-const SCHEMA: &str = "
+pub const SCHEMA: &str = "
 CREATE TABLE cm (time timestamptz NOT NULL, device int NOT NULL, v float8, note text);
 SELECT create_hypertable('cm', by_range('time', INTERVAL '1 day'));
 ALTER TABLE cm SET (timescaledb.compress, timescaledb.compress_segmentby = 'device',
                     timescaledb.compress_orderby = 'time DESC');
 ";
 
-const DATA: &str = "
+pub const DATA: &str = "
 INSERT INTO cm SELECT t, d, d * 0.5 + extract(epoch from t) / 1e9, 'n' || d
 FROM generate_series('2024-01-01'::timestamptz, '2024-01-06 23:59', '5 min') t, generate_series(1, 3) d;
 ";
 
 /// Compress the chunks of days 1-4, make day 2 partial (a row written after
 /// compression), leave days 5-6 uncompressed.
-const COMPRESS: &str = "
+pub const COMPRESS: &str = "
 SELECT compress_chunk(c) FROM show_chunks('cm', older_than => '2024-01-05'::timestamptz) c;
 INSERT INTO cm VALUES ('2024-01-02 12:02:30+00', 7, 1.25, 'late');
 ";
@@ -47,7 +47,7 @@ SELECT coalesce(
 FROM timescaledb_information.chunks i
 WHERE i.hypertable_name = $1";
 
-async fn statuses(c: &tokio_postgres::Client) -> Vec<i32> {
+pub async fn statuses(c: &tokio_postgres::Client) -> Vec<i32> {
     c.query(STATES, &[])
         .await
         .unwrap()
@@ -57,7 +57,7 @@ async fn statuses(c: &tokio_postgres::Client) -> Vec<i32> {
 }
 
 /// Compressed batches of all chunks of `cm`.
-async fn batch_count(c: &tokio_postgres::Client) -> i64 {
+pub async fn batch_count(c: &tokio_postgres::Client) -> i64 {
     batches_of(c, "cm").await
 }
 
@@ -73,7 +73,7 @@ pub async fn batches_of(c: &tokio_postgres::Client, hypertable: &str) -> i64 {
     n
 }
 
-async fn fingerprint(c: &tokio_postgres::Client, filter: &str) -> (i64, String) {
+pub async fn fingerprint(c: &tokio_postgres::Client, filter: &str) -> (i64, String) {
     let row = c
         .query_one(
             &format!(

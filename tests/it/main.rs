@@ -11,6 +11,7 @@ mod faults;
 mod load;
 mod numbers;
 mod ops;
+mod replica;
 mod resume;
 mod stage;
 mod statements;

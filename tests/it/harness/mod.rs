@@ -13,6 +13,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+pub mod replica;
+
 use tokio_postgres::{Client, NoTls};
 
 pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
