@@ -16,6 +16,8 @@ pub struct Column {
     pub type_schema: String,
     /// Binary COPY cannot carry it: use text format for the whole table.
     pub needs_text: bool,
+    /// A generated column: its value is computed by the server that stores it.
+    pub generated: bool,
 }
 
 /// The live columns of a relation in attribute order; empty when it does not exist.
@@ -34,6 +36,7 @@ pub async fn relation_columns(db: &Db, rel: &QualifiedName) -> Result<Vec<Column
             type_name: r.get(1),
             type_schema: r.get(2),
             needs_text: r.get(3),
+            generated: r.get(4),
         })
         .collect())
 }
@@ -97,6 +100,7 @@ mod tests {
             type_name: ty.into(),
             type_schema: "pg_catalog".into(),
             needs_text: false,
+            generated: false,
         }
     }
 

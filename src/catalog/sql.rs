@@ -162,14 +162,17 @@ pub const RELATION_EXISTS: &str = "SELECT to_regclass($1::text) IS NOT NULL";
 /// attribute order: name, `format_type` of the type, the type's schema, and
 /// whether binary COPY cannot carry it between two databases (no send/receive
 /// function, a composite, or an array of a composite or of a type created in
-/// the database, whose binary form embeds OIDs that differ between databases).
+/// the database, whose binary form embeds OIDs that differ between databases),
+/// and whether it is a generated column (`GENERATED ALWAYS AS (...) STORED`,
+/// or VIRTUAL from PostgreSQL 18), which COPY FROM cannot write.
 // language=PostgreSQL
 pub const RELATION_COLUMNS: &str = "\
 SELECT a.attname::text,
        format_type(a.atttypid, a.atttypmod),
        tn.nspname::text,
        (b.typsend = 0 OR b.typreceive = 0 OR b.typtype = 'c'
-        OR (b.typcategory = 'A' AND (e.oid >= 16384 OR e.typtype = 'c'))) AS needs_text
+        OR (b.typcategory = 'A' AND (e.oid >= 16384 OR e.typtype = 'c'))) AS needs_text,
+       a.attgenerated <> '' AS generated
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 JOIN pg_namespace tn ON tn.oid = t.typnamespace

@@ -193,7 +193,11 @@ pub async fn copy_whole(
     .await?;
 
     if s_state.partial {
-        let cols = catalog::relation_columns(src, s_chunk).await?;
+        let (cols, ht_cols) = tokio::try_join!(
+            catalog::relation_columns(src, s_chunk),
+            catalog::relation_columns(tgt, hypertable),
+        )?;
+        let cols = super::columns_to_write(&cols, &ht_cols);
         // Through the hypertable, with TimescaleDB's hooks: only they set
         // the partial flag that makes these rows visible.
         quiet.hooks(tgt).await?;

@@ -88,7 +88,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             tgt,
             &task.chunk,
             &task.hypertable,
-            &src_cols,
+            &columns_to_write(&src_cols, &ht_cols),
             only,
             filter.as_deref(),
         )
@@ -117,6 +117,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     let t_state =
         t_state.ok_or_else(|| Error::Internal(format!("target chunk {t_chunk} vanished")))?;
     check_columns(&task.chunk, &t_chunk, &src_cols, &tgt_cols)?;
+    let write_cols = columns_to_write(&src_cols, &tgt_cols);
     let quiet = invalidation::suppress(tgt, &t_chunk, ctx.invalidation).await?;
     quiet.direct_writes(tgt).await?;
 
@@ -152,7 +153,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 tgt,
                 &task.chunk,
                 &t_chunk,
-                &src_cols,
+                &write_cols,
                 "ONLY ",
                 None,
             )
@@ -172,7 +173,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 tgt,
                 &task.chunk,
                 &t_chunk,
-                &src_cols,
+                &write_cols,
                 only,
                 Some(f),
             )
@@ -207,6 +208,19 @@ fn check_columns(
          Make the target hypertable's columns match the source's, then run `copy` again",
         diffs.join("; ")
     )))
+}
+
+/// The columns COPY writes: the source's, except those the target generates
+/// itself (`GENERATED ALWAYS AS (...)`), which COPY FROM refuses and which
+/// the target computes from the others (verify then compares them).
+/// Identity columns are written as they are: COPY FROM takes their values
+/// even for `GENERATED ALWAYS AS IDENTITY`, as pg_restore relies on.
+pub fn columns_to_write(source: &[Column], target: &[Column]) -> Vec<Column> {
+    source
+        .iter()
+        .filter(|s| !target.iter().any(|t| t.name == s.name && t.generated))
+        .cloned()
+        .collect()
 }
 
 /// Remove what the target chunk holds in the task's range, so a re-run never

@@ -216,6 +216,7 @@ mod tests {
             type_name: ty.into(),
             type_schema: "pg_catalog".into(),
             needs_text: false,
+            generated: false,
         }
     }
 

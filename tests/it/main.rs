@@ -4,6 +4,7 @@
 mod harness;
 
 mod caggs;
+mod columns;
 mod compressed;
 mod copy;
 mod errors;
