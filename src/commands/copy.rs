@@ -44,6 +44,8 @@ pub enum Event {
         bytes: u64,
         elapsed: std::time::Duration,
         estimated: u64,
+        /// Why it was copied another way than staged.
+        fallback: Option<String>,
     },
     Skipped {
         chunk: String,
@@ -132,6 +134,8 @@ impl CopyJob {
                 rows,
                 bytes,
                 target_chunk,
+                fallback,
+                source_watermark,
             } => {
                 let elapsed = clock.elapsed();
                 let message = format!(
@@ -146,6 +150,8 @@ impl CopyJob {
                     started,
                     message: &message,
                     target_chunk: target_chunk.as_ref(),
+                    fallback: fallback.as_deref(),
+                    source_watermark,
                 };
                 queue::complete_copy(&c.tgt, task.id, &done)
                     .await
@@ -173,6 +179,7 @@ impl CopyJob {
                     bytes,
                     elapsed,
                     estimated,
+                    fallback,
                 }
             }
             Outcome::SourceGone => {
@@ -265,6 +272,8 @@ impl Job for CopyJob {
 pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let tgt = cfg.target.connect().await?;
     queue::require(&tgt).await?;
+    // A queue staged by an older hyperfill gets the newer columns.
+    queue::migrate(&tgt).await?;
     let src = cfg.source.connect().await?;
     let ctx = Context {
         source: catalog::extension(&src).await?,
@@ -335,6 +344,7 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                 bytes,
                 elapsed,
                 estimated,
+                fallback,
             } => {
                 n += 1;
                 report.copied += 1;
@@ -348,6 +358,9 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                     ui::duration(elapsed),
                     ui::rate(bytes, elapsed)
                 ));
+                if let Some(why) = fallback {
+                    progress.line(&format!("  note: {why}"));
+                }
             }
             Event::Skipped { chunk, estimated } => {
                 n += 1;

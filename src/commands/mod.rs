@@ -2,6 +2,7 @@
 
 pub mod bounds;
 pub mod copy;
+pub mod left_behind;
 pub mod stage;
 pub mod verify;
 
@@ -84,14 +85,26 @@ pub async fn refresh_caggs(
     Ok(plan)
 }
 
+/// What `status` reports: the queue's figures, and the lists of
+/// [`left_behind`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusReport {
+    #[serde(flatten)]
+    pub queue: queue::Status,
+    #[serde(flatten)]
+    pub extras: left_behind::Extras,
+}
+
 /// `status`: the queue at a glance (the table only in human mode; with
 /// `--output json` the caller prints the returned value).
-pub async fn status(target: &ConnInfo, errors: i64) -> Result<queue::Status> {
+pub async fn status(target: &ConnInfo, errors: i64) -> Result<StatusReport> {
     let tgt = target.connect().await?;
     queue::require(&tgt).await?;
     let st = queue::status(&tgt, errors.max(0)).await?;
+    let extras = left_behind::read(&tgt).await?;
     if !ui::json_mode() {
         ui::print_status(&st);
+        left_behind::print(&extras);
     }
-    Ok(st)
+    Ok(StatusReport { queue: st, extras })
 }

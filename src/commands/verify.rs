@@ -135,6 +135,8 @@ impl Job for VerifyJob {
 pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> {
     let tgt = cfg.target.connect().await?;
     queue::require(&tgt).await?;
+    // A queue staged by an older hyperfill gets the newer columns.
+    queue::migrate(&tgt).await?;
     let src = cfg.source.connect().await?;
     // Both sides must have TimescaleDB (a clear error otherwise).
     catalog::extension(&src).await?;

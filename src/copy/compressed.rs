@@ -149,7 +149,9 @@ pub async fn reset_to_empty_compressed(
 /// Copy a whole compressed source chunk: its batches as they are into the
 /// target's compressed chunk, then the rows a partially compressed source
 /// chunk holds outside its batches, through the hypertable so that
-/// TimescaleDB marks the target chunk partial as well.
+/// TimescaleDB marks the target chunk partial as well. When the target
+/// refuses the batches for a data-format reason, the chunk is copied as rows
+/// instead ([`super::fallback`]) and the reason is returned.
 pub async fn copy_whole(
     src: &Db,
     tgt: &Db,
@@ -158,7 +160,7 @@ pub async fn copy_whole(
     source: (&QualifiedName, &ChunkState),
     target: (&QualifiedName, &ChunkState),
     quiet: &Suppressed,
-) -> Result<PipeStats> {
+) -> Result<(PipeStats, Option<String>)> {
     let (s_chunk, s_state) = source;
     let (t_chunk, t_state) = target;
     let Some(s_compressed) = &s_state.compressed else {
@@ -180,7 +182,8 @@ pub async fn copy_whole(
             diffs.join("; ")
         )));
     }
-    let mut stats = copy_rows(
+    super::fallback::before_batches(tgt).await?;
+    let batches = copy_rows(
         ctx,
         src,
         tgt,
@@ -190,7 +193,22 @@ pub async fn copy_whole(
         "ONLY ",
         None,
     )
-    .await?;
+    .await;
+    let mut stats = match batches {
+        Ok(stats) => {
+            super::fallback::batches_accepted(tgt).await?;
+            stats
+        }
+        Err(e) => {
+            let Some(reason) = super::fallback::refused_for_format(&e) else {
+                return Err(e);
+            };
+            tracing::warn!(chunk = %s_chunk, "{reason}");
+            let stats =
+                super::fallback::copy_as_rows(src, tgt, ctx, s_chunk, t_chunk, quiet).await?;
+            return Ok((stats, Some(reason)));
+        }
+    };
 
     if s_state.partial {
         let (cols, ht_cols) = tokio::try_join!(
@@ -206,5 +224,5 @@ pub async fn copy_whole(
         stats.rows += more.rows;
         stats.bytes += more.bytes;
     }
-    Ok(stats)
+    Ok((stats, None))
 }

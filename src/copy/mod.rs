@@ -3,6 +3,7 @@
 //! records the outcome in the same target transaction.
 
 pub mod compressed;
+pub mod fallback;
 pub mod invalidation;
 mod pipe;
 pub mod target_chunk;
@@ -34,6 +35,11 @@ pub enum Outcome {
         bytes: u64,
         /// `None` only when nothing was copied into a chunk-less range.
         target_chunk: Option<QualifiedName>,
+        /// Why the chunk was copied another way than staged (see [`fallback`]).
+        fallback: Option<String>,
+        /// For a continuous aggregate's materialization: the aggregate's
+        /// watermark on the source in the snapshot the rows came from.
+        source_watermark: Option<i64>,
     },
     /// The source chunk no longer exists (dropped by retention, say).
     SourceGone,
@@ -50,7 +56,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     // Independent reads run concurrently: tokio-postgres pipelines them on
     // each connection, and the two sides work at the same time. (Writes stay
     // strictly in order.)
-    let (s_state, src_cols, mut target) = tokio::try_join!(
+    let (s_state, src_cols, mut target, source_watermark) = tokio::try_join!(
         compressed::chunk_state(src, &task.chunk),
         catalog::relation_columns(src, &task.chunk),
         target_chunk::find(
@@ -59,6 +65,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             task.target_chunk.as_ref(),
             &task.slices
         ),
+        cagg_watermark(src, &task.hypertable),
     )?;
     let Some(s_state) = s_state else {
         return Ok(Outcome::SourceGone);
@@ -107,6 +114,8 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             rows: stats.rows,
             bytes: stats.bytes,
             target_chunk: created,
+            fallback: None,
+            source_watermark,
         });
     };
 
@@ -121,20 +130,23 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     let quiet = invalidation::suppress(tgt, &t_chunk, ctx.invalidation).await?;
     quiet.direct_writes(tgt).await?;
 
+    let mut fallback = None;
     let stats = match (&filter, &s_state.compressed) {
         // A whole compressed chunk: batches as they are.
-        (None, Some(_)) => {
-            compressed::copy_whole(
-                src,
-                tgt,
-                ctx,
-                &task.hypertable,
-                (&task.chunk, &s_state),
-                (&t_chunk, &t_state),
-                &quiet,
-            )
-            .await?
-        }
+        (None, Some(_)) => compressed::copy_whole(
+            src,
+            tgt,
+            ctx,
+            &task.hypertable,
+            (&task.chunk, &s_state),
+            (&t_chunk, &t_state),
+            &quiet,
+        )
+        .await
+        .map(|(stats, why)| {
+            fallback = why;
+            stats
+        })?,
         // A whole uncompressed chunk: the target ends uncompressed too.
         (None, None) => {
             if let Some(t_compressed) = &t_state.compressed {
@@ -189,7 +201,34 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         rows: stats.rows,
         bytes: stats.bytes,
         target_chunk: Some(t_chunk),
+        fallback,
+        source_watermark,
     })
+}
+
+/// Source. $1 = hypertable schema, $2 = hypertable table. The watermark
+/// (internal int64) of the continuous aggregate this hypertable
+/// materializes, read in the transaction's snapshot; no row for any other
+/// hypertable.
+// language=PostgreSQL
+const CAGG_WATERMARK: &str = "\
+SELECT _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id)
+FROM _timescaledb_catalog.continuous_agg ca
+JOIN _timescaledb_catalog.hypertable h ON h.id = ca.mat_hypertable_id
+WHERE h.schema_name = $1 AND h.table_name = $2";
+
+/// The source watermark of the continuous aggregate `hypertable`
+/// materializes, if it materializes one: the copied rows are the source's
+/// materialization below it (see `caggs`).
+async fn cagg_watermark(src: &Db, hypertable: &QualifiedName) -> Result<Option<i64>> {
+    let row = src
+        .query_opt(
+            CAGG_WATERMARK,
+            &[&hypertable.schema, &hypertable.name],
+            &format!("reading the continuous-aggregate watermark of {hypertable}"),
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// Every source column must exist on the target chunk with the same type.

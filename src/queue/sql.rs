@@ -10,6 +10,7 @@ pub const LOCK_KEY: i64 = 0x6879_7065_7266_696c; // "hyperfil"
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_queue.sql")),
     (2, include_str!("../../migrations/0002_task_parts.sql")),
+    (3, include_str!("../../migrations/0003_correctness.sql")),
 ];
 
 // language=PostgreSQL
@@ -131,13 +132,16 @@ LIMIT 1
 FOR NO KEY UPDATE SKIP LOCKED"
 );
 
-/// $1 id, $2 rows, $3 bytes, $4 started_at, $5 message, $6/$7 target chunk.
+/// $1 id, $2 rows, $3 bytes, $4 started_at, $5 message, $6/$7 target chunk,
+/// $8 why it was copied another way (or NULL), $9 the source watermark of a
+/// materialization chunk (or NULL).
 // language=PostgreSQL
 pub const COMPLETE_COPY: &str = "\
 UPDATE __hyperfill.task
 SET state = 'done', rows_copied = $2, bytes_copied = $3, started_at = $4,
     finished_at = clock_timestamp(), message = $5, last_error = NULL,
     attempts = attempts + 1, target_chunk_schema = $6, target_chunk_name = $7,
+    fallback = $8::text, source_watermark = $9::bigint,
     verify_state = 'pending', verify_message = NULL, verified_at = NULL
 WHERE id = $1";
 
@@ -235,3 +239,44 @@ UPDATE __hyperfill.task
 SET state = 'pending', verify_state = NULL, verify_message = NULL, verified_at = NULL
 WHERE state = 'done' AND verify_state = 'mismatch'
 RETURNING id";
+
+/// Chunks copied another way than staged: chunk schema, chunk name, why.
+// language=PostgreSQL
+pub const COPIED_ANOTHER_WAY: &str = "\
+SELECT chunk_schema, chunk_name, fallback
+FROM __hyperfill.task WHERE state = 'done' AND fallback IS NOT NULL
+ORDER BY chunk_schema, chunk_name, part";
+
+/// $1 = jsonb array of {hypertable_schema, hypertable_name, cagg_schema,
+/// cagg_name, time_type, filter_name, chunks, staged}: record the source's
+/// hypertables as `stage` saw them; `staged` stays true once set.
+// language=PostgreSQL
+pub const RECORD_SOURCE_HYPERTABLES: &str = "\
+INSERT INTO __hyperfill.source_hypertable AS s (
+    hypertable_schema, hypertable_name, cagg_schema, cagg_name, time_type, filter_name, chunks, staged)
+SELECT hypertable_schema, hypertable_name, cagg_schema, cagg_name, time_type, filter_name, chunks, staged
+FROM jsonb_to_recordset($1::jsonb) AS x(
+    hypertable_schema text, hypertable_name text, cagg_schema text, cagg_name text,
+    time_type text, filter_name text, chunks integer, staged boolean)
+ON CONFLICT (hypertable_schema, hypertable_name) DO UPDATE
+SET cagg_schema = excluded.cagg_schema, cagg_name = excluded.cagg_name,
+    time_type = excluded.time_type, filter_name = excluded.filter_name,
+    chunks = excluded.chunks, staged = s.staged OR excluded.staged, seen_at = now()";
+
+/// Source hypertables with chunks that no stage selected and that have no
+/// task: schema, table, cagg view schema and name, time type, chunks,
+/// filter name.
+// language=PostgreSQL
+pub const LEFT_BEHIND: &str = "\
+SELECT s.hypertable_schema, s.hypertable_name, s.cagg_schema, s.cagg_name,
+       s.time_type, s.chunks, s.filter_name
+FROM __hyperfill.source_hypertable s
+WHERE NOT s.staged AND s.chunks > 0
+  AND NOT EXISTS (SELECT 1 FROM __hyperfill.task t
+                  WHERE t.hypertable_schema = s.hypertable_schema
+                    AND t.hypertable_name = s.hypertable_name)
+ORDER BY s.time_type, s.hypertable_schema, s.hypertable_name";
+
+/// The newest migration applied to the queue.
+// language=PostgreSQL
+pub const SCHEMA_VERSION: &str = "SELECT coalesce(max(version), 0) FROM __hyperfill.migration";

@@ -8,6 +8,7 @@ mod columns;
 mod compressed;
 mod copy;
 mod errors;
+mod fallback;
 mod ops;
 mod resume;
 mod stage;
