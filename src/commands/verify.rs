@@ -29,6 +29,11 @@ pub struct VerifyReport {
     pub mismatched: u64,
     pub skipped: u64,
     pub seconds: f64,
+    /// Continuous aggregates whose refreshed range was compared.
+    pub caggs_matched: u64,
+    pub caggs_mismatched: u64,
+    #[serde(flatten)]
+    pub extras: crate::commands::left_behind::Extras,
 }
 
 pub enum Event {
@@ -140,12 +145,14 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     let src = cfg.source.connect().await?;
     // Both sides must have TimescaleDB (a clear error otherwise).
     catalog::extension(&src).await?;
-    catalog::extension(&tgt).await?;
+    let target_ext = catalog::extension(&tgt).await?;
     if cfg.all {
         queue::reset_verify(&tgt).await?;
+        queue::reset_cagg_verify(&tgt).await?;
     }
     let before = queue::counts(&tgt).await?;
     let todo = before.verify_pending;
+    let mut report = VerifyReport::default();
     if todo == 0 {
         ui::line(&format!(
             "Nothing to verify: {} chunk(s) verified ({} mismatched), {} not copied yet. \
@@ -154,14 +161,41 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
             before.verified_mismatch,
             before.pending + before.failed
         ));
-        if before.verified_mismatch > 0 {
-            return Err(Error::VerifyMismatch {
-                mismatched: before.verified_mismatch,
-            });
-        }
-        return Ok(VerifyReport::default());
+    } else {
+        verify_chunks(&cfg, todo, &shutdown, &mut report).await?;
     }
-    drop((src, tgt));
+    if !shutdown.graceful.is_cancelled() {
+        verify_caggs(&src, &tgt, &target_ext, &mut report).await?;
+    }
+    report.extras = crate::commands::left_behind::read(&tgt).await?;
+    crate::commands::left_behind::print(&report.extras);
+
+    // The exit code reflects every mismatch on record, this run's or earlier.
+    let recorded = queue::counts(&tgt).await?.verified_mismatch;
+    let caggs_recorded = queue::cagg_refreshes(&tgt)
+        .await?
+        .iter()
+        .filter(|r| r.verify_state.as_deref() == Some("mismatch"))
+        .count() as u64;
+    if recorded + caggs_recorded > 0 {
+        return Err(Error::VerifyMismatch {
+            mismatched: recorded + caggs_recorded,
+        });
+    }
+    if shutdown.graceful.is_cancelled() {
+        return Err(Error::Interrupted);
+    }
+    ui::line("Execute the 'clean' command to remove hyperfill's queue from the target.");
+    Ok(report)
+}
+
+/// The chunk phase: N workers verify the copied chunks.
+async fn verify_chunks(
+    cfg: &VerifyConfig,
+    todo: u64,
+    shutdown: &Shutdown,
+    report: &mut VerifyReport,
+) -> Result<()> {
     let workers = cfg.parallelism.min(todo as usize).max(1);
     ui::line(&format!(
         "Verifying {} chunk(s) with {} worker(s)",
@@ -184,7 +218,6 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
         shutdown.clone(),
         tx,
     ));
-    let mut report = VerifyReport::default();
     let progress = ui::Progress::new("verifying", todo, None);
     let mut n = 0;
     while let Some(ev) = rx.recv().await {
@@ -230,20 +263,70 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
         report.mismatched,
         report.skipped
     ));
-    pool_result?;
-    // The exit code reflects every mismatch on record, this run's or earlier.
-    let recorded = match cfg.target.connect().await {
-        Ok(tgt) => queue::counts(&tgt).await?.verified_mismatch,
-        Err(_) => report.mismatched,
-    };
-    if recorded > 0 {
-        return Err(Error::VerifyMismatch {
-            mismatched: recorded,
-        });
+    pool_result
+}
+
+/// The continuous-aggregate phase: each view `refresh-caggs` refreshed and
+/// that is still to verify is compared per bucket over the refreshed range.
+/// A cagg whose materialization was copied but not refreshed yet is named.
+async fn verify_caggs(
+    src: &crate::db::Db,
+    tgt: &crate::db::Db,
+    ext: &catalog::Extension,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let refreshes = queue::cagg_refreshes(tgt).await?;
+    for r in refreshes
+        .iter()
+        .filter(|r| r.verify_state.as_deref() == Some("pending"))
+    {
+        let Some(tt) = catalog::TimeType::from_pg(&r.time_type) else {
+            continue;
+        };
+        let range = format!(
+            "[{}, {})",
+            r.start
+                .map(|v| ui::internal_time(tt, v))
+                .unwrap_or_else(|| "the beginning".into()),
+            ui::internal_time(tt, r.end)
+        );
+        let outcome = verify::cagg::verify_view(src, tgt, ext, &r.view, tt, r.start, r.end).await?;
+        let (state, message) = match &outcome {
+            Outcome::Match { rows } => {
+                report.caggs_matched += 1;
+                (
+                    VerifyState::Match,
+                    format!("{rows} bucket(s) in the refreshed range {range} match"),
+                )
+            }
+            Outcome::Mismatch(m) => {
+                report.caggs_mismatched += 1;
+                (
+                    VerifyState::Mismatch,
+                    format!("in the refreshed range {range}: {m}"),
+                )
+            }
+            Outcome::SourceGone => (
+                VerifyState::Skipped,
+                "the continuous aggregate no longer exists on the source".into(),
+            ),
+        };
+        queue::complete_cagg_verify(tgt, &r.view, state, &message).await?;
+        let tag = match state {
+            VerifyState::Match => "Verified",
+            VerifyState::Mismatch => "MISMATCH in",
+            VerifyState::Skipped => "Skipped",
+        };
+        ui::line(&format!("{tag} continuous aggregate {}: {message}", r.view));
     }
-    if shutdown.graceful.is_cancelled() {
-        return Err(Error::Interrupted);
+    for s in queue::staged_caggs(tgt).await? {
+        if s.not_copied == 0 && !refreshes.iter().any(|r| r.view == s.view) {
+            ui::line(&format!(
+                "Continuous aggregate {}: its view above the copied rows is not verified: run \
+                 refresh-caggs, then verify again.",
+                s.view
+            ));
+        }
     }
-    ui::line("Execute the 'clean' command to remove hyperfill's queue from the target.");
-    Ok(report)
+    Ok(())
 }

@@ -604,3 +604,96 @@ pub async fn schema_version(db: &Db) -> Result<i32> {
         .await?
         .get(0))
 }
+
+/// What the queue says about each cagg whose materialization was staged.
+pub async fn staged_caggs(db: &Db) -> Result<Vec<crate::caggs::Staged>> {
+    let rows = db
+        .query(
+            sql::STAGED_CAGGS,
+            &[],
+            "reading the staged continuous aggregates",
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::caggs::Staged {
+            view: QualifiedName::from_row(r, 0),
+            staged_upper: r.get(2),
+            copied_watermark: r.get(3),
+            not_copied: r.get(4),
+        })
+        .collect())
+}
+
+/// A refresh `refresh-caggs` ran, with what `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaggRefresh {
+    pub view: QualifiedName,
+    pub time_type: String,
+    pub start: Option<i64>,
+    pub end: i64,
+    pub verify_state: Option<String>,
+    pub verify_message: Option<String>,
+}
+
+/// The last refresh of every cagg.
+pub async fn cagg_refreshes(db: &Db) -> Result<Vec<CaggRefresh>> {
+    let rows = db
+        .query(sql::CAGG_REFRESHES, &[], "reading the recorded refreshes")
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| CaggRefresh {
+            view: QualifiedName::from_row(r, 0),
+            time_type: r.get(2),
+            start: r.get(3),
+            end: r.get(4),
+            verify_state: r.get(5),
+            verify_message: r.get(6),
+        })
+        .collect())
+}
+
+/// Record a refresh; its view is then to verify.
+pub async fn record_cagg_refresh(
+    db: &Db,
+    view: &QualifiedName,
+    time_type: &str,
+    start: Option<i64>,
+    end: i64,
+) -> Result<()> {
+    db.execute(
+        sql::RECORD_CAGG_REFRESH,
+        &[&view.schema, &view.name, &time_type, &start, &end],
+        "recording a refresh",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Record what verify found in a cagg's refreshed range.
+pub async fn complete_cagg_verify(
+    db: &Db,
+    view: &QualifiedName,
+    state: VerifyState,
+    message: &str,
+) -> Result<()> {
+    let s = match state {
+        VerifyState::Match => "match",
+        VerifyState::Mismatch => "mismatch",
+        VerifyState::Skipped => "pending",
+    };
+    db.execute(
+        sql::COMPLETE_CAGG_VERIFY,
+        &[&view.schema, &view.name, &s, &message],
+        "recording a verification",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Verify every recorded refresh again.
+pub async fn reset_cagg_verify(db: &Db) -> Result<u64> {
+    db.execute(sql::RESET_CAGG_VERIFY, &[], "re-queueing verification")
+        .await
+}

@@ -280,3 +280,45 @@ ORDER BY s.time_type, s.hypertable_schema, s.hypertable_name";
 /// The newest migration applied to the queue.
 // language=PostgreSQL
 pub const SCHEMA_VERSION: &str = "SELECT coalesce(max(version), 0) FROM __hyperfill.migration";
+
+/// Per continuous aggregate whose materialization was staged: view schema,
+/// view name, where its staged tasks end (internal), the lowest source
+/// watermark a copied chunk was read at, tasks still to copy.
+// language=PostgreSQL
+pub const STAGED_CAGGS: &str = "\
+SELECT cagg_schema, cagg_name,
+       max(coalesce(upper_internal, range_end)),
+       min(source_watermark) FILTER (WHERE state = 'done'),
+       count(*) FILTER (WHERE state IN ('pending', 'failed'))
+FROM __hyperfill.task
+WHERE cagg_name IS NOT NULL AND state <> 'skipped'
+GROUP BY cagg_schema, cagg_name";
+
+/// The last refresh per continuous aggregate: view schema, view name, time
+/// type, start (NULL: the beginning), end, verify state, verify message.
+// language=PostgreSQL
+pub const CAGG_REFRESHES: &str = "\
+SELECT view_schema, view_name, time_type, start_internal, end_internal, verify_state, verify_message
+FROM __hyperfill.cagg_refresh ORDER BY view_schema, view_name";
+
+/// $1 view schema, $2 view name, $3 time type, $4 start (or NULL), $5 end:
+/// record a refresh; its view is to verify.
+// language=PostgreSQL
+pub const RECORD_CAGG_REFRESH: &str = "\
+INSERT INTO __hyperfill.cagg_refresh AS r (view_schema, view_name, time_type, start_internal, end_internal, verify_state)
+VALUES ($1, $2, $3, $4, $5, 'pending')
+ON CONFLICT (view_schema, view_name) DO UPDATE
+SET time_type = excluded.time_type, start_internal = excluded.start_internal,
+    end_internal = excluded.end_internal, refreshed_at = now(),
+    verify_state = 'pending', verify_message = NULL, verified_at = NULL";
+
+/// $1 view schema, $2 view name, $3 verify state, $4 message.
+// language=PostgreSQL
+pub const COMPLETE_CAGG_VERIFY: &str = "\
+UPDATE __hyperfill.cagg_refresh
+SET verify_state = $3, verify_message = $4, verified_at = clock_timestamp()
+WHERE view_schema = $1 AND view_name = $2";
+
+/// Verify every recorded refresh again (`verify --all`).
+// language=PostgreSQL
+pub const RESET_CAGG_VERIFY: &str = "UPDATE __hyperfill.cagg_refresh SET verify_state = 'pending'";

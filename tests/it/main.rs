@@ -4,6 +4,7 @@
 mod harness;
 
 mod caggs;
+mod caggs_refresh;
 mod columns;
 mod compressed;
 mod copy;
