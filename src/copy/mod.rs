@@ -89,6 +89,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         // (Compression and continuous aggregates do not exist there.)
         let ht_cols = catalog::relation_columns(tgt, &task.hypertable).await?;
         check_columns(&task.chunk, &task.hypertable, &src_cols, &ht_cols)?;
+        let quiet = invalidation::suppress(tgt, None, ctx.invalidation).await?;
         let stats = copy_rows(
             ctx,
             src,
@@ -100,6 +101,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             filter.as_deref(),
         )
         .await?;
+        quiet.restore(tgt).await?;
         let created = target_chunk::find(tgt, &task.hypertable, None, &task.slices).await?;
         if created.is_none() && stats.rows > 0 {
             return Err(Error::Incompatible(format!(
@@ -127,7 +129,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         t_state.ok_or_else(|| Error::Internal(format!("target chunk {t_chunk} vanished")))?;
     check_columns(&task.chunk, &t_chunk, &src_cols, &tgt_cols)?;
     let write_cols = columns_to_write(&src_cols, &tgt_cols);
-    let quiet = invalidation::suppress(tgt, &t_chunk, ctx.invalidation).await?;
+    let quiet = invalidation::suppress(tgt, Some(&t_chunk), ctx.invalidation).await?;
     quiet.direct_writes(tgt).await?;
 
     let mut fallback = None;

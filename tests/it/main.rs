@@ -14,3 +14,4 @@ mod ops;
 mod resume;
 mod stage;
 mod tls;
+mod triggers;
