@@ -11,6 +11,7 @@ mod copy;
 mod errors;
 mod fallback;
 mod ops;
+mod refusals;
 mod resume;
 mod stage;
 mod tls;
