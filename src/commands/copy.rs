@@ -35,6 +35,8 @@ pub struct CopyReport {
     pub bytes: u64,
     pub seconds: f64,
     pub remaining: u64,
+    /// Source hypertables with chunks that no stage selected.
+    pub left_behind: Vec<queue::LeftBehind>,
 }
 
 pub enum Event {
@@ -297,7 +299,14 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             "Nothing to copy: all {} staged chunk(s) are done or skipped. Use `stage` to add more.",
             before.total()
         ));
-        return Ok(CopyReport::default());
+        let extras = crate::commands::left_behind::read(&tgt).await?;
+        for l in crate::commands::left_behind::left_behind_lines(&extras.left_behind) {
+            ui::line(&l);
+        }
+        return Ok(CopyReport {
+            left_behind: extras.left_behind,
+            ..Default::default()
+        });
     }
     let run_started: SystemTime = tgt
         .query_one("SELECT now()", &[], "reading the clock")
@@ -437,6 +446,13 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             }
             return Err(Error::TasksFailed { failed: c.failed });
         }
+    }
+    if let Ok(tgt) = cfg.target.connect().await {
+        let extras = crate::commands::left_behind::read(&tgt).await?;
+        for l in crate::commands::left_behind::left_behind_lines(&extras.left_behind) {
+            ui::line(&l);
+        }
+        report.left_behind = extras.left_behind;
     }
     ui::line("Execute the 'verify' command to check the copied data.");
     Ok(report)

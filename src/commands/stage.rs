@@ -31,6 +31,8 @@ pub struct StageReport {
     pub hypertables: usize,
     pub estimated_bytes: i64,
     pub chunks_created: u64,
+    /// Bounds far outside a hypertable's data, with what they selected.
+    pub warnings: Vec<String>,
 }
 
 /// The human summary of a stage that changed or found something.
@@ -119,6 +121,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     }
     let hypertables = catalog::selected_hypertables(&src, &cfg.selection).await?;
     let chunks = catalog::source_chunks(&src, &cfg.selection).await?;
+    let inventory = crate::commands::left_behind::source_inventory(&src).await?;
     src.batch("COMMIT", "ending a transaction").await?;
     if hypertables.is_empty() {
         return Err(match &cfg.selection.filter {
@@ -146,6 +149,10 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     )
     .await?;
     let tasks = plan::split_huge(plan::tasks_for(&chunks, &windows));
+    let warnings = bound_warnings(&chunks, &windows);
+    for w in &warnings {
+        ui::line(&format!("WARNING: {w}"));
+    }
 
     // Everything that can refuse the stage is checked before anything is
     // created on the target (the queue schema, chunks).
@@ -161,6 +168,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
             .collect::<BTreeSet<_>>()
             .len(),
         estimated_bytes: tasks.iter().map(|t| t.chunk.size_bytes).sum(),
+        warnings,
         ..Default::default()
     };
 
@@ -181,6 +189,11 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     // Held until this connection closes: concurrent stages take turns, so
     // none works from windows another is about to change.
     queue::lock(&tgt).await?;
+    // What the source has, and what this stage selected: `status`, `copy`
+    // and `verify` list what no stage selected.
+    let selected: std::collections::HashSet<QualifiedName> =
+        hypertables.iter().map(|h| h.hypertable.clone()).collect();
+    queue::record_source_hypertables(&tgt, &inventory, &selected).await?;
     let existing = queue::task_windows(&tgt).await?;
     let mut new = Vec::new();
     let mut widened = Vec::new();
@@ -316,6 +329,68 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     report.requeued = widened_rows.len() as u64;
     queue::unlock(&tgt).await?;
     Ok(report)
+}
+
+/// Bounds that are far outside a hypertable's data, most likely in another
+/// unit than its time column (an integer `--until` in milliseconds for a
+/// column in seconds selects every chunk; in seconds for a column in
+/// milliseconds, none): one sentence per hypertable, saying what was
+/// selected. "Far past" means beyond the newest chunk's end by more than
+/// the whole span of its chunks.
+pub fn bound_warnings(
+    chunks: &[SourceChunk],
+    windows: &HashMap<catalog::TimeType, plan::Window>,
+) -> Vec<String> {
+    let mut span: BTreeMap<&QualifiedName, (catalog::TimeType, i64, i64, usize)> = BTreeMap::new();
+    for c in chunks {
+        let Some(tt) = catalog::TimeType::from_pg(&c.time_type_name) else {
+            continue;
+        };
+        let e = span
+            .entry(&c.hypertable)
+            .or_insert((tt, c.time_start, c.time_end, 0));
+        e.1 = e.1.min(c.time_start);
+        e.2 = e.2.max(c.time_end);
+        e.3 += 1;
+    }
+    let mut out = Vec::new();
+    for (ht, (tt, start, end, n)) in span {
+        let Some(w) = windows.get(&tt) else {
+            continue;
+        };
+        let show = |v: i64| ui::internal_time(tt, v);
+        let data = format!(
+            "its {n} chunk(s) cover [{}, {}) ({})",
+            show(start),
+            show(end),
+            tt.sql()
+        );
+        let u = w.until.internal;
+        let width = end.saturating_sub(start).max(1);
+        if u > end && u.saturating_sub(end) > width {
+            out.push(format!(
+                "--until {} is far past the data of {ht}: {data}, so every one of them is \
+                 selected. If that is not meant, the bound is in another unit than the time \
+                 column; stage {ht} again with a value of its own unit",
+                w.until.literal
+            ));
+        } else if u <= start {
+            out.push(format!(
+                "--until {} is before the data of {ht}: {data}, so none of them is selected. If \
+                 that is not meant, the bound is in another unit than the time column",
+                w.until.literal
+            ));
+        }
+        if let Some(f) = &w.from {
+            if f.internal >= end {
+                out.push(format!(
+                    "--from {} is past the data of {ht}: {data}, so none of them is selected",
+                    f.literal
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Every hypertable with chunks to stage must exist on the target with the

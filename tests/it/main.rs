@@ -10,6 +10,7 @@ mod compressed;
 mod copy;
 mod errors;
 mod fallback;
+mod left_behind;
 mod ops;
 mod refusals;
 mod resume;
