@@ -14,6 +14,17 @@
 # The clusters are left running (next run is fast); stop them with
 # scripts/lib/clusters.sh stop.  See scripts/lib/*.sh for the environment
 # variables that change ports, directories and the PostgreSQL installation.
+#
+# With HYPERFILL_TIMESCALEDB_SOURCE set (a TimescaleDB release tarball or
+# source directory), steps 1-2 use a licensed build instead: PostgreSQL
+# $HYPERFILL_PG_MAJOR (default 15; the target's: HYPERFILL_TARGET_PG_MAJOR)
+# from PyPI with that TimescaleDB, and that combination's own clusters
+# (scripts/lib/licensed-install.sh, scripts/lib/combination.sh);
+# HYPERFILL_REQUIRE_LICENSED defaults to 1 there.  scripts/matrix.sh runs
+# this for a list of combinations.
+#
+# HYPERFILL_RESULT_FILE, when set, receives one line
+# "<passed> <failed> <skipped> <cargo exit code>".
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,12 +35,22 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/c
 fi
 command -v cargo >/dev/null 2>&1 || { echo "[hyperfill-env] ERROR: cargo not found (install rustup)" >&2; exit 1; }
 
-"$here/lib/ensure-timescaledb.sh"
-"$here/lib/clusters.sh" start
-eval "$("$here/lib/clusters.sh" env)"
+if [[ -n ${HYPERFILL_TIMESCALEDB_SOURCE:-} ]]; then
+    env_lines="$("$here/lib/combination.sh" start)"
+    eval "$env_lines"
+    export HYPERFILL_REQUIRE_LICENSED="${HYPERFILL_REQUIRE_LICENSED:-1}"
+    echo "[hyperfill-env] combination $HYPERFILL_COMBINATION (HYPERFILL_REQUIRE_LICENSED=$HYPERFILL_REQUIRE_LICENSED)" >&2
+else
+    "$here/lib/ensure-timescaledb.sh"
+    "$here/lib/clusters.sh" start
+    eval "$("$here/lib/clusters.sh" env)"
+fi
 echo "[hyperfill-env] HYPERFILL_TEST_SOURCE_URL=$HYPERFILL_TEST_SOURCE_URL" >&2
 echo "[hyperfill-env] HYPERFILL_TEST_TARGET_URL=$HYPERFILL_TEST_TARGET_URL" >&2
 echo "[hyperfill-env] HYPERFILL_PG_BINDIR=$HYPERFILL_PG_BINDIR" >&2
+if [[ -n ${HYPERFILL_TARGET_PG_BINDIR:-} ]]; then
+    echo "[hyperfill-env] HYPERFILL_TARGET_PG_BINDIR=$HYPERFILL_TARGET_PG_BINDIR" >&2
+fi
 
 cd "$root"
 # Tests that cannot run here (licensed-only features on an Apache build)
@@ -57,4 +78,7 @@ if [[ $skipped -gt 0 ]]; then
 fi
 echo
 echo "hyperfill: $((passed - skipped)) passed, $failed failed, $skipped skipped"
+if [[ -n ${HYPERFILL_RESULT_FILE:-} ]]; then
+    echo "$((passed - skipped)) $failed $skipped $rc" >"$HYPERFILL_RESULT_FILE"
+fi
 exit "$rc"

@@ -32,6 +32,9 @@ pub struct Finding {
 pub struct Report {
     pub source_version: String,
     pub target_version: String,
+    /// The servers' PostgreSQL versions (`15.10`, `17.11`).
+    pub source_postgres: String,
+    pub target_postgres: String,
     pub source_license: String,
     pub target_license: String,
     pub hypertables: usize,
@@ -74,16 +77,20 @@ impl Findings {
 
 /// Source. Continuous aggregates still in the old, non-finalized format.
 // language=PostgreSQL
-const PARTIAL_CAGGS: &str = "\
+pub(crate) const PARTIAL_CAGGS: &str = "\
 SELECT format('%I.%I', user_view_schema, user_view_name)
 FROM _timescaledb_catalog.continuous_agg WHERE NOT finalized ORDER BY 1";
 
 /// Target. Background jobs (compression, retention, refresh, user jobs) that
-/// are still scheduled: id, procedure, the hypertable they act on.
+/// are still scheduled: id, procedure, what they act on: the continuous
+/// aggregate's view for a materialization hypertable (with a leading
+/// "continuous aggregate "), else the hypertable, else ''.
 // language=PostgreSQL
-const SCHEDULED_JOBS: &str = "\
+pub(crate) const SCHEDULED_JOBS: &str = "\
 SELECT j.id, j.proc_name::text,
-       coalesce((SELECT format('%I.%I', h.schema_name, h.table_name)
+       coalesce((SELECT 'continuous aggregate ' || format('%I.%I', ca.user_view_schema, ca.user_view_name)
+                 FROM _timescaledb_catalog.continuous_agg ca WHERE ca.mat_hypertable_id = j.hypertable_id),
+                (SELECT format('%I.%I', h.schema_name, h.table_name)
                  FROM _timescaledb_catalog.hypertable h WHERE h.id = j.hypertable_id), '')
 FROM _timescaledb_config.bgw_job j
 WHERE j.id >= 1000 AND j.scheduled
@@ -91,7 +98,7 @@ ORDER BY j.id";
 
 /// Source. Hypertables or chunks in a tablespace other than the default.
 // language=PostgreSQL
-const TABLESPACES: &str = "\
+pub(crate) const TABLESPACES: &str = "\
 SELECT DISTINCT t.spcname::text
 FROM _timescaledb_catalog.hypertable h
 JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', h.schema_name, h.table_name))
@@ -102,37 +109,71 @@ ORDER BY 1";
 
 /// Either side. The installation's uuid in TimescaleDB's metadata.
 // language=PostgreSQL
-const METADATA_UUID: &str = "SELECT value FROM _timescaledb_catalog.metadata WHERE key = 'uuid'";
+pub(crate) const METADATA_UUID: &str =
+    "SELECT value FROM _timescaledb_catalog.metadata WHERE key = 'uuid'";
 
 /// Either side. $1 = quoted hypertable. Privileges of the session's role:
 /// select, insert, delete, and whether it is a member of the owner's role.
 // language=PostgreSQL
-const TABLE_PRIVILEGES: &str = "\
+pub(crate) const TABLE_PRIVILEGES: &str = "\
 SELECT has_table_privilege($1::text, 'SELECT'), has_table_privilege($1::text, 'INSERT'),
        has_table_privilege($1::text, 'DELETE'), pg_has_role(c.relowner, 'USAGE')
 FROM pg_class c WHERE c.oid = to_regclass($1::text)";
 
 /// Target. May the role create the queue schema (or does the queue exist)?
 // language=PostgreSQL
-const CAN_CREATE_QUEUE: &str = "\
+pub(crate) const CAN_CREATE_QUEUE: &str = "\
 SELECT has_database_privilege(current_database(), 'CREATE')
     OR to_regnamespace('__hyperfill') IS NOT NULL";
 
 /// Either side. $1 = quoted hypertable. Its total size with every chunk.
 // language=PostgreSQL
-const HYPERTABLE_SIZE: &str = "SELECT coalesce(hypertable_size($1::text::regclass), 0)::bigint";
+pub(crate) const HYPERTABLE_SIZE: &str =
+    "SELECT coalesce(hypertable_size($1::text::regclass), 0)::bigint";
+
+/// Either side. The PostgreSQL version, for a side without TimescaleDB.
+// language=PostgreSQL
+const SERVER_VERSION: &str = "SELECT current_setting('server_version')";
 
 /// Either side. Whether this session is encrypted.
 // language=PostgreSQL
-const SESSION_SSL: &str =
+pub(crate) const SESSION_SSL: &str =
     "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)";
+
+/// Either side. Time limits the server, the database or the role set for
+/// sessions (`reset_val`: what they are before hyperfill's own SETs),
+/// when not 0: name, value with its unit.
+// language=PostgreSQL
+const SESSION_TIMEOUTS: &str = "\
+SELECT name, reset_val || coalesce(unit, '')
+FROM pg_settings
+WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout',
+               'transaction_timeout', 'lock_timeout')
+  AND reset_val <> '0'
+ORDER BY name";
 
 pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> Result<Report> {
     let src = source.connect().await?;
     let tgt = target.connect().await?;
-    let s_ext = catalog::extension(&src).await?;
-    let t_ext = catalog::extension(&tgt).await?;
     let mut f = Findings(Vec::new());
+    let (s_ext, t_ext) = match (
+        catalog::extension_opt(&src).await?,
+        catalog::extension_opt(&tgt).await?,
+    ) {
+        (Some(s), Some(t)) => (s, t),
+        (s, t) => {
+            let mut postgres = Vec::new();
+            for db in [&src, &tgt] {
+                postgres.push(
+                    db.query_one(SERVER_VERSION, &[], "reading the server version")
+                        .await?
+                        .get::<_, String>(0),
+                );
+            }
+            let postgres = (postgres[0].clone(), postgres[1].clone());
+            return Ok(without_extension(s.as_ref(), t.as_ref(), postgres, f));
+        }
+    };
 
     if let Err(e) = catalog::ensure_compatible(&s_ext, &t_ext) {
         f.add(
@@ -140,7 +181,20 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
             "timescaledb-version",
             None,
             e.to_string(),
-            Some(version_fix(&s_ext, &t_ext)),
+            Some(catalog::version_fix(&s_ext, &t_ext)),
+        );
+    }
+    if s_ext.postgres_major != t_ext.postgres_major {
+        f.add(
+            Severity::Note,
+            "postgres-majors",
+            None,
+            format!(
+                "the source runs PostgreSQL {} and the target PostgreSQL {}: supported; columns \
+                 whose type is read differently by the two servers are copied in text format",
+                s_ext.postgres_version, t_ext.postgres_version
+            ),
+            None,
         );
     }
     for (side, ext) in [(Side::Source, &s_ext), (Side::Target, &t_ext)] {
@@ -185,10 +239,13 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
             Some("install TimescaleDB with the Timescale (community) license on the target".into()),
         );
     }
-    partial_caggs(&src, &mut f).await;
+    partial_caggs(&src, &s_ext.features, &mut f).await?;
     scheduled_jobs(&tgt, &mut f).await;
     tablespaces(&src, &mut f).await;
     metadata(&src, &tgt, &mut f).await;
+    for (side, db) in [(Side::Source, &src), (Side::Target, &tgt)] {
+        timeouts(side, db, &mut f).await;
+    }
 
     let can_queue = tgt
         .query_one(CAN_CREATE_QUEUE, &[], "checking privileges")
@@ -249,6 +306,8 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
     Ok(Report {
         source_version: s_ext.version_text.clone(),
         target_version: t_ext.version_text.clone(),
+        source_postgres: s_ext.postgres_version.clone(),
+        target_postgres: t_ext.postgres_version.clone(),
         source_license: s_ext.license.clone(),
         target_license: t_ext.license.clone(),
         hypertables: hypertables.len(),
@@ -257,16 +316,59 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
     })
 }
 
-fn version_fix(s: &Extension, t: &Extension) -> String {
-    let newer = if s.version >= t.version {
-        &s.version_text
-    } else {
-        &t.version_text
-    };
-    format!(
-        "run `ALTER EXTENSION timescaledb UPDATE TO '{newer}';` on the side with the older version \
-         (as the first command of a fresh session: psql -X), or install the same version on both"
-    )
+/// The report when one side has no timescaledb extension: nothing else can
+/// be checked until it has.
+fn without_extension(
+    s: Option<&Extension>,
+    t: Option<&Extension>,
+    postgres: (String, String),
+    mut f: Findings,
+) -> Report {
+    if s.is_none() {
+        f.add(
+            Severity::Error,
+            "extension-missing",
+            Some(Side::Source),
+            "the timescaledb extension is not installed in this database: it holds no hypertables"
+                .into(),
+            Some("connect to the database that holds the hypertables (check the database name in --source)".into()),
+        );
+    }
+    if t.is_none() {
+        let version = s
+            .map(|e| format!(" VERSION '{}'", e.version_text))
+            .unwrap_or_default();
+        f.add(
+            Severity::Error,
+            "extension-missing",
+            Some(Side::Target),
+            "the timescaledb extension is not installed in this database".into(),
+            Some(format!(
+                "as the first command of a fresh session on the target: CREATE EXTENSION timescaledb{version}; \
+                 then restore the source's schema (README: preparing the target)"
+            )),
+        );
+    }
+    f.add(
+        Severity::Note,
+        "not-checked",
+        None,
+        "nothing else was checked: every other check needs TimescaleDB on both sides".into(),
+        None,
+    );
+    let version = |e: Option<&Extension>| e.map(|e| e.version_text.clone()).unwrap_or_default();
+    let license = |e: Option<&Extension>| e.map(|e| e.license.clone()).unwrap_or_default();
+    Report {
+        source_version: version(s),
+        target_version: version(t),
+        source_license: license(s),
+        target_license: license(t),
+        source_postgres: postgres.0,
+        target_postgres: postgres.1,
+        hypertables: 0,
+        estimated_bytes: 0,
+        findings: f.0,
+    }
 }
 
 /// Hypertables missing or different on the target, compression settings,
@@ -438,11 +540,17 @@ fn mixed_time_types(hypertables: &[catalog::SelectedHypertable], f: &mut Finding
     );
 }
 
-async fn partial_caggs(src: &Db, f: &mut Findings) {
-    // The `finalized` column exists while old-format caggs can exist at all.
-    let Ok(rows) = src.client.query(PARTIAL_CAGGS, &[]).await else {
-        return;
-    };
+async fn partial_caggs(src: &Db, features: &catalog::Features, f: &mut Findings) -> Result<()> {
+    if !features.old_format_caggs {
+        return Ok(());
+    }
+    let rows = src
+        .query(
+            PARTIAL_CAGGS,
+            &[],
+            "looking for old-format continuous aggregates",
+        )
+        .await?;
     for r in rows {
         let view: String = r.get(0);
         f.add(
@@ -453,6 +561,7 @@ async fn partial_caggs(src: &Db, f: &mut Findings) {
             Some(format!("migrate it first: CALL cagg_migrate('{view}');")),
         );
     }
+    Ok(())
 }
 
 async fn scheduled_jobs(tgt: &Db, f: &mut Findings) {
@@ -461,6 +570,7 @@ async fn scheduled_jobs(tgt: &Db, f: &mut Findings) {
     };
     for r in rows {
         let (id, proc_name, ht): (i32, String, String) = (r.get(0), r.get(1), r.get(2));
+        // `ht` names a continuous aggregate by its view.
         let on = if ht.is_empty() {
             String::new()
         } else {
@@ -492,6 +602,40 @@ async fn tablespaces(src: &Db, f: &mut Findings) {
     }
 }
 
+/// Server, database or role time limits that would interrupt copies.
+async fn timeouts(side: Side, db: &Db, f: &mut Findings) {
+    let Ok(rows) = db.client.query(SESSION_TIMEOUTS, &[]).await else {
+        return;
+    };
+    for r in rows {
+        let (name, value): (String, String) = (r.get(0), r.get(1));
+        if name == "lock_timeout" {
+            f.add(
+                Severity::Warning,
+                "lock-timeout",
+                Some(side),
+                format!(
+                    "lock_timeout = {value}: a copy that waits longer for a lock (creating or \
+                     compressing a chunk, behind a DDL or a long transaction) fails its attempt \
+                     and is retried, up to --max-attempts"
+                ),
+                Some("to let copies wait instead, ALTER ROLE <the role hyperfill uses> SET lock_timeout = 0".into()),
+            );
+        } else {
+            f.add(
+                Severity::Note,
+                "session-timeout",
+                Some(side),
+                format!(
+                    "{name} = {value} would interrupt long copies; hyperfill sets it to 0 in its \
+                     own sessions, so copies are not interrupted (other sessions keep it)"
+                ),
+                None,
+            );
+        }
+    }
+}
+
 async fn metadata_uuid(db: &Db) -> Option<String> {
     db.client
         .query_opt(METADATA_UUID, &[])
@@ -520,9 +664,18 @@ pub fn print(r: &Report) {
     if ui::json_mode() {
         return;
     }
+    let side = |version: &str, license: &str, postgres: &str| {
+        if version.is_empty() {
+            format!("not installed (PostgreSQL {postgres})")
+        } else {
+            format!("{version} ({license} license) on PostgreSQL {postgres}")
+        }
+    };
     ui::line(&format!(
-        "TimescaleDB: source {} ({} license), target {} ({} license); {} hypertable(s) selected.",
-        r.source_version, r.source_license, r.target_version, r.target_license, r.hypertables
+        "TimescaleDB: source {}, target {}; {} hypertable(s) selected.",
+        side(&r.source_version, &r.source_license, &r.source_postgres),
+        side(&r.target_version, &r.target_license, &r.target_postgres),
+        r.hypertables
     ));
     for f in &r.findings {
         let tag = match f.severity {

@@ -46,6 +46,28 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// The server took the TCP connection but did not finish the start-up
+    /// (TLS, authentication) in time: `connect_timeout`, per host.
+    #[error("cannot connect to the {side} database {addr}: no answer within {} s ({why}). Is it the right host and port, and is the server up?", .timeout.as_secs())]
+    ConnectTimeout {
+        side: Side,
+        addr: String,
+        timeout: std::time::Duration,
+        /// Where the limit came from, for the message.
+        why: &'static str,
+    },
+
+    /// No answer for `--stall-timeout`, and a probe found the server not
+    /// working on it (see db/watch.rs): the server or the network is stuck.
+    /// Transient: the task is tried again.
+    #[error("{side} database: {context}: no answer for {} s (--stall-timeout) and {why}", .timeout.as_secs())]
+    Stalled {
+        side: Side,
+        context: String,
+        timeout: std::time::Duration,
+        why: String,
+    },
+
     #[error("{side} database: {context}: {}", pg_text(.source))]
     Db {
         side: Side,
@@ -64,15 +86,30 @@ pub enum Error {
     Precondition { side: Side, message: String },
 
     #[error("{failed} task(s) failed; see the messages above or run `hyperfill status`. Fix the cause and run `copy` again: failed tasks are retried")]
-    TasksFailed { failed: u64 },
+    TasksFailed {
+        failed: u64,
+        /// The copy's report, for `--output json`.
+        report: serde_json::Value,
+    },
 
     #[error(
-        "verification found {mismatched} chunk(s) whose contents differ between source and target"
+        "verification found {mismatched} task(s) whose contents differ between source and target; \
+         `hyperfill copy --requeue-mismatched` copies them again"
     )]
-    VerifyMismatch { mismatched: u64 },
+    VerifyMismatch {
+        mismatched: u64,
+        /// The verify report with every mismatch, for `--output json`.
+        report: serde_json::Value,
+    },
 
-    #[error("interrupted; the queue is consistent: run the same command again to carry on")]
-    Interrupted,
+    /// Stopped by a signal. `abandoned`: a second signal dropped the
+    /// in-flight work (its transactions rolled back).
+    #[error("{}", if *.abandoned {
+        "interrupted: the in-flight chunk(s) were abandoned and their transactions rolled back; the queue is consistent: run the same command again to carry on"
+    } else {
+        "interrupted; the queue is consistent: run the same command again to carry on"
+    })]
+    Interrupted { abandoned: bool },
 
     /// `check` found problems that must be fixed before a backfill.
     #[error("the preflight check found {problems} problem(s) to fix before staging (see above)")]
@@ -95,11 +132,25 @@ impl Error {
         }
     }
 
+    /// The command's report when it ran to the end but failed on what it
+    /// found (`check` findings, failed tasks, mismatches): the `result` of
+    /// `--output json`.
+    pub fn report(&self) -> Option<&serde_json::Value> {
+        match self {
+            Error::CheckFailed { report, .. }
+            | Error::TasksFailed { report, .. }
+            | Error::VerifyMismatch { report, .. } => Some(report),
+            _ => None,
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::InvalidArgument(_) => exit::BAD_ARGUMENTS,
             Error::Incompatible(_) | Error::CheckFailed { .. } => exit::INCOMPATIBLE,
             Error::Connect { side, .. }
+            | Error::ConnectTimeout { side, .. }
+            | Error::Stalled { side, .. }
             | Error::Db { side, .. }
             | Error::Precondition { side, .. } => match side {
                 Side::Source => exit::SOURCE,
@@ -107,7 +158,7 @@ impl Error {
             },
             Error::TasksFailed { .. } => exit::TASKS_FAILED,
             Error::VerifyMismatch { .. } => exit::VERIFY_MISMATCH,
-            Error::Interrupted => exit::INTERRUPTED,
+            Error::Interrupted { .. } => exit::INTERRUPTED,
             Error::Internal(_) => exit::INTERNAL,
         }
     }
@@ -144,27 +195,147 @@ pub fn pg_text(err: &tokio_postgres::Error) -> String {
     text
 }
 
-/// SQLSTATEs worth retrying: serialization failure, deadlock, the whole
-/// connection-exception class 08, admin shutdown and crash shutdown.
-pub fn is_retryable(err: &tokio_postgres::Error) -> bool {
+/// Whether a failure may go away by itself if the same work is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Tried again (with backoff) up to `--max-attempts` times in a run.
+    Transient,
+    /// Fails the task at once; the next `copy` run tries it once more.
+    Permanent,
+}
+
+/// Classify a SQLSTATE. Transient: the connection, the transaction's luck
+/// or the server's state, which change by themselves; everything else
+/// (constraints, data, privileges, missing objects, ...) fails the same way
+/// every time until someone fixes it, so it is permanent. Unknown codes are
+/// permanent: a retry loop hides the message the user needs.
+pub fn classify_sqlstate(code: &str) -> Kind {
+    let transient = match code {
+        // serialization failure, deadlock, statement completion unknown
+        "40001" | "40P01" | "40003" => true,
+        // admin shutdown, crash shutdown, cannot connect now,
+        // idle_session_timeout (not 57P04, database dropped)
+        "57P01" | "57P02" | "57P03" | "57P05" => true,
+        // query_canceled: a statement_timeout of the server or role (hyperfill
+        // sets its own sessions' to 0, so this is a DBA's pg_cancel_backend
+        // or a pooler's limit): worth another try, bounded by --max-attempts.
+        "57014" => true,
+        // lock_not_available: lock_timeout or NOWAIT
+        "55P03" => true,
+        // idle_in_transaction_session_timeout (the connection is gone)
+        "25P03" => true,
+        // too many connections, out of memory, configuration limit
+        "53300" | "53200" | "53400" => true,
+        // the server's own I/O trouble
+        "58000" | "58030" => true,
+        // hot standby conflicts ask for exactly this
+        "40P02" => true,
+        _ => code.starts_with("08"),
+    };
+    if transient {
+        Kind::Transient
+    } else {
+        Kind::Permanent
+    }
+}
+
+/// Classify a database error. Without a SQLSTATE it is an I/O error or a
+/// closed connection: transient.
+pub fn classify(err: &tokio_postgres::Error) -> Kind {
     match err.code() {
-        Some(code) => {
-            let c = code.code();
-            c == "40001"
-                || c == "40P01"
-                || c.starts_with("08")
-                || c == "57P01"
-                || c == "57P02"
-                || c == "57P03"
+        Some(code) => classify_sqlstate(code.code()),
+        None => Kind::Transient,
+    }
+}
+
+/// Whether a database error is worth another try (see [`classify`]).
+pub fn is_retryable(err: &tokio_postgres::Error) -> bool {
+    classify(err) == Kind::Transient
+}
+
+impl Error {
+    /// Whether this failure is worth another try on fresh connections.
+    pub fn kind(&self) -> Kind {
+        match self {
+            // Authentication failures and missing databases will not heal;
+            // a refused or timed-out connection may.
+            Error::Connect { source, .. } => match source.code().map(|c| c.code()) {
+                Some("28P01" | "28000" | "3D000") => Kind::Permanent,
+                Some(c) => classify_sqlstate(c),
+                None => Kind::Transient,
+            },
+            Error::ConnectTimeout { .. } | Error::Stalled { .. } => Kind::Transient,
+            Error::Db { source, .. } => classify(source),
+            _ => Kind::Permanent,
         }
-        // No SQLSTATE: an I/O error or a closed connection.
-        None => err.is_closed() || err.as_db_error().is_none(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlstates_are_classified() {
+        use Kind::*;
+        let table = [
+            // connection exceptions, the whole class
+            ("08000", Transient),
+            ("08006", Transient),
+            ("08P01", Transient),
+            ("40001", Transient), // serialization_failure
+            ("40P01", Transient), // deadlock_detected
+            ("57P01", Transient), // admin_shutdown
+            ("57P02", Transient), // crash_shutdown
+            ("57P03", Transient), // cannot_connect_now
+            ("55P03", Transient), // lock_not_available
+            ("57014", Transient), // query_canceled
+            ("25P03", Transient), // idle_in_transaction_session_timeout
+            ("53300", Transient), // too_many_connections
+            ("23514", Permanent), // check_violation
+            ("23505", Permanent), // unique_violation
+            ("23502", Permanent), // not_null_violation
+            ("22P02", Permanent), // invalid_text_representation
+            ("22003", Permanent), // numeric_value_out_of_range
+            ("42501", Permanent), // insufficient_privilege
+            ("42P01", Permanent), // undefined_table
+            ("42703", Permanent), // undefined_column
+            ("53100", Permanent), // disk_full
+            ("57P04", Permanent), // database_dropped
+            ("XX000", Permanent), // internal_error
+            ("TS001", Permanent), // TimescaleDB's own
+        ];
+        for (code, kind) in table {
+            assert_eq!(classify_sqlstate(code), kind, "{code}");
+        }
+    }
+
+    #[test]
+    fn our_own_errors_are_classified() {
+        let d = std::time::Duration::from_secs(3);
+        assert_eq!(
+            Error::Stalled {
+                side: Side::Source,
+                context: "x".into(),
+                timeout: d,
+                why: "y".into()
+            }
+            .kind(),
+            Kind::Transient
+        );
+        assert_eq!(
+            Error::ConnectTimeout {
+                side: Side::Target,
+                addr: "a".into(),
+                timeout: d,
+                why: "connect_timeout"
+            }
+            .kind(),
+            Kind::Transient
+        );
+        assert_eq!(Error::Incompatible("x".into()).kind(), Kind::Permanent);
+        assert_eq!(Error::Internal("x".into()).kind(), Kind::Permanent);
+    }
 
     #[test]
     fn exit_codes_differ_per_domain() {
@@ -186,8 +357,23 @@ mod tests {
             .exit_code(),
             5
         );
-        assert_eq!(Error::TasksFailed { failed: 1 }.exit_code(), 6);
-        assert_eq!(Error::VerifyMismatch { mismatched: 1 }.exit_code(), 7);
-        assert_eq!(Error::Interrupted.exit_code(), 130);
+        let report = serde_json::Value::Null;
+        assert_eq!(
+            Error::TasksFailed {
+                failed: 1,
+                report: report.clone()
+            }
+            .exit_code(),
+            6
+        );
+        assert_eq!(
+            Error::VerifyMismatch {
+                mismatched: 1,
+                report
+            }
+            .exit_code(),
+            7
+        );
+        assert_eq!(Error::Interrupted { abandoned: true }.exit_code(), 130);
     }
 }

@@ -35,7 +35,7 @@ pub fn quote_literal(value: &str) -> String {
 }
 
 /// A schema-qualified relation name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct QualifiedName {
     pub schema: String,
     pub name: String,

@@ -10,6 +10,7 @@
 //! pool · `commands` one module per subcommand · `ui` what the user reads.
 
 pub mod caggs;
+#[macro_use]
 pub mod catalog;
 pub mod check;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod ident;
 pub mod plan;
 pub mod queue;
+pub mod statements;
 pub mod ui;
 pub mod verify;
 pub mod worker;
@@ -75,6 +77,7 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> Result<serde_json::Value> {
                     target,
                     parallelism: a.parallelism as usize,
                     max_attempts: a.max_attempts,
+                    stall_timeout: std::time::Duration::from_secs(a.stall_timeout),
                     analyze: a.analyze,
                     max_rate: a.max_rate,
                     requeue_mismatched: a.requeue_mismatched,

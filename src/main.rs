@@ -38,8 +38,12 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let name = command_name(&cli.command);
 
+    // 8 MiB stacks as the main thread's: a worker's future nests the copy,
+    // the COPY pipe and the stuck-server watch, and unoptimized builds keep
+    // them large.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(8 * 1024 * 1024)
         .build()
     {
         Ok(rt) => rt,
@@ -48,10 +52,33 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::INTERNAL);
         }
     };
+    // copy and verify finish their in-flight chunks at the first signal;
+    // every other command stops at once.
+    let finishes_in_flight = matches!(cli.command, Command::Copy(_) | Command::Verify(_));
     let code = runtime.block_on(async {
         let shutdown = Shutdown::default();
-        tokio::spawn(watch_signals(shutdown.clone()));
-        match hyperfill::run(cli, shutdown).await {
+        tokio::spawn(watch_signals(shutdown.clone(), finishes_in_flight));
+        let run = hyperfill::run(cli, shutdown.clone());
+        tokio::pin!(run);
+        let finished = tokio::select! {
+            biased;
+            r = &mut run => Some(r),
+            _ = stopped(&shutdown, finishes_in_flight) => None,
+        };
+        // Stopped by a signal: give the command a moment to print its own
+        // summary, then leave whatever it still waits on (a silent server).
+        let finished = match finished {
+            Some(r) => Some(r),
+            None if finishes_in_flight => tokio::time::timeout(GRACE, &mut run).await.ok(),
+            None => None,
+        };
+        let result = finished.unwrap_or_else(|| {
+            ui::clear_progress();
+            Err(hyperfill::error::Error::Interrupted {
+                abandoned: shutdown.hard.is_cancelled(),
+            })
+        });
+        match result {
             Ok(result) => {
                 if json {
                     ui::json(&serde_json::json!({
@@ -63,10 +90,7 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e}");
                 if json {
-                    let result = match &e {
-                        hyperfill::error::Error::CheckFailed { report, .. } => report.clone(),
-                        _ => serde_json::Value::Null,
-                    };
+                    let result = e.report().cloned().unwrap_or_default();
                     ui::json(&serde_json::json!({
                         "command": name, "ok": false, "exit_code": e.exit_code(),
                         "error": e.to_string(), "result": result
@@ -80,6 +104,26 @@ fn main() -> ExitCode {
     // runtime closes their connections, and the servers roll back.
     runtime.shutdown_background();
     ExitCode::from(code)
+}
+
+/// How long a stopped `copy` or `verify` may take to print its summary.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Resolves when the process should stop whatever the command is doing:
+/// at the second signal; at the first for commands without in-flight
+/// chunks, or once no worker has a chunk in flight (the command may then
+/// be waiting on a server that does not answer).
+async fn stopped(shutdown: &Shutdown, finishes_in_flight: bool) {
+    shutdown.graceful.cancelled().await;
+    if !finishes_in_flight {
+        return;
+    }
+    while shutdown.in_flight() > 0 {
+        tokio::select! {
+            _ = shutdown.hard.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+    }
 }
 
 fn command_name(c: &Command) -> &'static str {
@@ -96,32 +140,52 @@ fn command_name(c: &Command) -> &'static str {
     }
 }
 
+/// Logs go to stderr, coloured only on a terminal (and not with NO_COLOR),
+/// never in `--log-format json`.
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let colour = std::io::stderr().is_terminal()
+        && !std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .with_target(false);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(colour).init(),
+        LogFormat::Json => builder.with_ansi(false).json().init(),
     }
 }
 
-/// First ctrl-c (or SIGTERM): finish in-flight chunks and stop. Second: stop at once.
-async fn watch_signals(shutdown: Shutdown) {
+/// First ctrl-c (or SIGTERM): `copy` and `verify` finish their in-flight
+/// chunks and stop; other commands stop at once. Second: stop at once.
+async fn watch_signals(shutdown: Shutdown, finishes_in_flight: bool) {
     let mut first = true;
     loop {
         if !next_signal().await {
             return;
         }
         if first {
-            eprintln!("Shutting down: waiting for in-flight chunks to finish (press ctrl-c again to abort them)...");
+            let n = shutdown.in_flight();
+            if finishes_in_flight && n > 0 {
+                ui::notice(&format!(
+                    "Stopping: {n} in-flight chunk(s) are being finished; press ctrl-c again to abandon them."
+                ));
+            } else {
+                ui::notice("Stopping.");
+            }
             shutdown.graceful.cancel();
             first = false;
         } else {
-            eprintln!("Aborting in-flight chunks: their transactions roll back.");
+            let n = shutdown.in_flight();
+            if n > 0 {
+                ui::notice(&format!(
+                    "Abandoning the {n} in-flight chunk(s): their transactions roll back."
+                ));
+            } else {
+                ui::notice("Stopping now.");
+            }
             shutdown.hard.cancel();
             return;
         }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::catalog::{SourceChunk, TimeType};
-use crate::ident::{quote_ident, quote_literal};
+use crate::ident::{quote_ident, quote_literal, QualifiedName};
 
 /// A bound parsed by the source server as one time type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,6 +275,79 @@ pub fn restage(existing: &TaskWindow, new: &TaskWindow) -> Restage {
     Restage::Widen(TaskWindow { lower, upper })
 }
 
+/// What a stage does with one of its tasks, given the tasks already queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The chunk has no task yet: insert this one.
+    New,
+    /// The chunk's task is re-queued with `window`, the union of its `old`
+    /// window and this stage's. (The parts of a split chunk stand for the
+    /// whole chunk; a widened chunk is re-queued as one task.)
+    Widen { old: TaskWindow, window: TaskWindow },
+    /// The queued task already covers this one: nothing changes.
+    Covered,
+    /// Another part of a chunk whose first part is [`Action::Widen`].
+    Merged,
+}
+
+/// Decide, for each task of a stage, what the stage does with it. Pure: the
+/// same answer for `--dry-run` and for the real run.
+pub fn classify(tasks: &[NewTask], existing: &HashMap<QualifiedName, TaskWindow>) -> Vec<Action> {
+    let mut widened = std::collections::HashSet::new();
+    tasks
+        .iter()
+        .map(|t| {
+            let Some(old) = existing.get(&t.chunk.chunk) else {
+                return Action::New;
+            };
+            let window = if t.part > 0 {
+                TaskWindow {
+                    lower: None,
+                    upper: None,
+                }
+            } else {
+                TaskWindow {
+                    lower: t.lower.clone(),
+                    upper: t.upper.clone(),
+                }
+            };
+            match restage(old, &window) {
+                Restage::Covered => Action::Covered,
+                Restage::Widen(w) => {
+                    if widened.insert(t.chunk.chunk.clone()) {
+                        Action::Widen {
+                            old: old.clone(),
+                            window: w,
+                        }
+                    } else {
+                        Action::Merged
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+/// The time ranges (internal values) a widening adds to a chunk's task:
+/// what copy will delete and copy again on the target beyond what it copied
+/// before. `chunk` is the chunk's own `[start, end)`.
+pub fn added_ranges(old: &TaskWindow, new: &TaskWindow, chunk: (i64, i64)) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    if let Some(l_old) = &old.lower {
+        let from = new.lower.as_ref().map(|b| b.internal).unwrap_or(chunk.0);
+        if from < l_old.internal {
+            out.push((from, l_old.internal));
+        }
+    }
+    if let Some(u_old) = &old.upper {
+        let to = new.upper.as_ref().map(|b| b.internal).unwrap_or(chunk.1);
+        if u_old.internal < to {
+            out.push((u_old.internal, to));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,5 +610,84 @@ mod tests {
                 upper: None
             })
         );
+    }
+
+    #[test]
+    fn classify_tells_new_widened_and_covered_apart() {
+        let chunks = vec![chunk(30, 40), chunk(20, 30), chunk(10, 20)];
+        let tasks = tasks_for(&chunks, &windows(None, 35));
+        let existing = HashMap::from([
+            (
+                chunks[1].chunk.clone(),
+                TaskWindow {
+                    lower: None,
+                    upper: Some(b(25)),
+                },
+            ),
+            (
+                chunks[2].chunk.clone(),
+                TaskWindow {
+                    lower: None,
+                    upper: None,
+                },
+            ),
+        ]);
+        let actions = classify(&tasks, &existing);
+        assert_eq!(actions[0], Action::New);
+        assert_eq!(
+            actions[1],
+            Action::Widen {
+                old: TaskWindow {
+                    lower: None,
+                    upper: Some(b(25))
+                },
+                window: TaskWindow {
+                    lower: None,
+                    upper: None
+                }
+            }
+        );
+        assert_eq!(actions[2], Action::Covered);
+        let Action::Widen { old, window } = &actions[1] else {
+            unreachable!()
+        };
+        assert_eq!(added_ranges(old, window, (20, 30)), vec![(25, 30)]);
+        let later = TaskWindow {
+            lower: None,
+            upper: Some(b(28)),
+        };
+        assert_eq!(added_ranges(old, &later, (20, 30)), vec![(25, 28)]);
+        let earlier_from = TaskWindow {
+            lower: Some(b(22)),
+            upper: None,
+        };
+        let wider = TaskWindow {
+            lower: None,
+            upper: None,
+        };
+        assert_eq!(
+            added_ranges(&earlier_from, &wider, (20, 30)),
+            vec![(20, 22)]
+        );
+    }
+
+    #[test]
+    fn classify_merges_the_parts_of_a_widened_chunk() {
+        let mut parts = Vec::new();
+        for p in 1..=3 {
+            let mut t = tasks_for(&[chunk(0, 30)], &windows(None, 100)).remove(0);
+            t.part = p;
+            parts.push(t);
+        }
+        let existing = HashMap::from([(
+            parts[0].chunk.chunk.clone(),
+            TaskWindow {
+                lower: None,
+                upper: Some(b(5)),
+            },
+        )]);
+        let actions = classify(&parts, &existing);
+        assert!(matches!(actions[0], Action::Widen { .. }));
+        assert_eq!(actions[1..], [Action::Merged, Action::Merged]);
     }
 }

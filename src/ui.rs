@@ -3,13 +3,12 @@
 //! prints results.
 
 use std::io::{IsTerminal, Write};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::catalog::TimeType;
-use crate::plan::NewTask;
 
 /// How results are shown, set once by `main` from the command line. (A
 /// process-wide setting on purpose: it describes the terminal, which is
@@ -60,17 +59,45 @@ pub fn json(v: &serde_json::Value) {
     let _ = out.flush();
 }
 
-/// Progress of `copy` and `verify`: two bars (chunks; source bytes with
-/// throughput and ETA) on a terminal, with each finished chunk's line printed
-/// above them; without a terminal, or with `--no-progress`, just the lines.
+/// The bars being drawn now, so that a notice (ctrl-c) can print above them
+/// and `main` can clear them when it exits without the command's help.
+static ACTIVE: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// A message for the operator on stderr, above the progress bars if any
+/// (what a signal does, for example).
+pub fn notice(s: &str) {
+    let active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let print = || {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{s}");
+    };
+    match active {
+        Some(mp) => mp.suspend(print),
+        None => print(),
+    }
+}
+
+/// Remove any progress bar from the terminal (before exiting early).
+pub fn clear_progress() {
+    if let Some(mp) = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = mp.clear();
+    }
+}
+
+/// Progress of `copy` and `verify`: a bar of tasks and, for `copy`, a bar
+/// of the bytes moved (COPY data read from the source, the measure
+/// `--max-rate` caps) with throughput and ETA, on a terminal, with each
+/// finished task's line printed above them; without a terminal, or with
+/// `--no-progress`, just the lines. Byte figures are decimal (kB, MB, GB)
+/// like every other figure hyperfill prints.
 pub struct Progress {
     bars: Option<(MultiProgress, ProgressBar, Option<ProgressBar>)>,
 }
 
 impl Progress {
-    /// `estimated_bytes`: the source size of all chunks, for a second bar
-    /// with throughput and ETA (`None`: chunks only).
-    pub fn new(verb: &str, chunks: u64, estimated_bytes: Option<u64>) -> Self {
+    /// `bytes`: the projected bytes to move, for a second bar with
+    /// throughput and ETA (`None`: tasks only).
+    pub fn new(verb: &str, tasks: u64, bytes: Option<u64>) -> Self {
         if !mode().progress || !std::io::stderr().is_terminal() {
             return Progress { bars: None };
         }
@@ -80,21 +107,29 @@ impl Progress {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ")
         };
-        let chunk_bar = mp.add(ProgressBar::new(chunks));
-        chunk_bar.set_style(style(
-            "{prefix:>9} [{bar:40.cyan/blue}] {pos}/{len} chunks  {elapsed_precise}",
+        let task_bar = mp.add(ProgressBar::new(tasks));
+        task_bar.set_style(style(
+            "{prefix:>9} [{bar:40.cyan/blue}] {pos}/{len} tasks  {elapsed_precise}",
         ));
-        chunk_bar.set_prefix(verb.to_string());
-        let byte_bar = estimated_bytes.map(|total| {
+        task_bar.set_prefix(verb.to_string());
+        let byte_bar = bytes.map(|total| {
             let bar = mp.add(ProgressBar::new(total.max(1)));
             bar.set_style(style(
-                "{prefix:>9} [{bar:40.green/white}] {bytes}/{total_bytes}  {bytes_per_sec}  ETA {eta}",
+                "{prefix:>9} [{bar:40.green/white}] {decimal_bytes}/~{decimal_total_bytes}  {decimal_bytes_per_sec}  ETA {eta}",
             ));
-            bar.set_prefix("on source");
+            bar.set_prefix("moved");
             bar
         });
+        *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(mp.clone());
         Progress {
-            bars: Some((mp, chunk_bar, byte_bar)),
+            bars: Some((mp, task_bar, byte_bar)),
+        }
+    }
+
+    /// The number of tasks grew (tasks staged during the run).
+    pub fn set_total(&self, tasks: u64) {
+        if let Some((_, bar, _)) = &self.bars {
+            bar.set_length(tasks);
         }
     }
 
@@ -106,20 +141,26 @@ impl Progress {
         }
     }
 
-    /// One more chunk finished, which was `estimated_bytes` on the source.
-    pub fn advance(&self, estimated_bytes: u64) {
-        if let Some((_, chunks, bytes)) = &self.bars {
-            chunks.inc(1);
-            if let Some(b) = bytes {
-                b.inc(estimated_bytes);
-            }
+    /// One more task finished.
+    pub fn advance(&self) {
+        if let Some((_, tasks, _)) = &self.bars {
+            tasks.inc(1);
+        }
+    }
+
+    /// Bytes moved so far, and the projected total (never below them).
+    pub fn bytes(&self, moved: u64, total: u64) {
+        if let Some((_, _, Some(b))) = &self.bars {
+            b.set_length(total.max(moved).max(1));
+            b.set_position(moved);
         }
     }
 
     /// Remove the bars before the summary.
     pub fn finish(&self) {
-        if let Some((mp, chunks, bytes)) = &self.bars {
-            chunks.finish_and_clear();
+        ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((mp, tasks, bytes)) = &self.bars {
+            tasks.finish_and_clear();
             if let Some(b) = bytes {
                 b.finish_and_clear();
             }
@@ -213,39 +254,46 @@ pub fn internal_time(tt: TimeType, v: i64) -> String {
     }
 }
 
-/// The `status` table.
+/// How a `status` line names its hypertable: a continuous aggregate's
+/// materialization by the view.
+fn status_name(h: &crate::queue::HypertableStatus) -> String {
+    match &h.continuous_aggregate {
+        Some(v) => format!("{v} (continuous aggregate)"),
+        None => h.hypertable.to_string(),
+    }
+}
+
+/// The `status` report: the table, then the sessions at work, then the
+/// recent problems (each part its own function, so more can follow).
 pub fn print_status(st: &crate::queue::Status) {
-    let header = format!(
-        "{:<44} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9} {:>14} {:>10} {:>10}",
-        "hypertable",
-        "pending",
-        "done",
-        "failed",
-        "skipped",
-        "verified",
-        "mismatch",
-        "rows",
-        "copied",
-        "left(est)"
-    );
-    line(&header);
-    let mut total = crate::queue::HypertableStatus {
-        hypertable: crate::ident::QualifiedName::new("", "total"),
-        continuous_aggregate: None,
-        pending: 0,
-        done: 0,
-        failed: 0,
-        skipped: 0,
-        verified: 0,
-        mismatched: 0,
-        rows_copied: 0,
-        bytes_copied: 0,
-        estimated_bytes_left: 0,
-    };
+    print_status_table(&st.hypertables);
+    line(&format!(
+        "hyperfill sessions at work on the target: {}",
+        st.active_sessions
+    ));
+    print_problems(&st.problems);
+}
+
+/// One line per hypertable and a total. Task columns count tasks (a chunk
+/// split into parts has one per part); bytes are COPY bytes, `copied + left
+/// = total`.
+pub fn print_status_table(hypertables: &[crate::queue::HypertableStatus]) {
+    let mut total = crate::queue::HypertableStatus::default();
+    let mut names = Vec::with_capacity(hypertables.len());
+    for h in hypertables {
+        names.push(status_name(h));
+        total.add(h);
+    }
+    let width = names
+        .iter()
+        .map(|n| n.chars().count())
+        .chain(std::iter::once("hypertable".len()))
+        .max()
+        .unwrap_or(10);
     let row = |name: &str, h: &crate::queue::HypertableStatus| {
         format!(
-            "{:<44} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9} {:>14} {:>10} {:>10}",
-            name,
+            "{name:<width$} {:>7}  {:>7} {:>7} {:>6} {:>7}  {:>7} {:>8}  {:>12} {:>9} {:>9} {:>10}",
+            h.chunks,
             h.pending,
             h.done,
             h.failed,
@@ -254,68 +302,115 @@ pub fn print_status(st: &crate::queue::Status) {
             h.mismatched,
             count(h.rows_copied.max(0) as u64),
             bytes(h.bytes_copied.max(0) as u64),
-            bytes(h.estimated_bytes_left.max(0) as u64)
+            bytes(h.estimated_bytes_left.max(0) as u64),
+            bytes(h.estimated_bytes_total.max(0) as u64),
         )
     };
-    for h in &st.hypertables {
-        let name = match &h.continuous_aggregate {
-            Some(v) => format!("{} ({v})", h.hypertable),
-            None => h.hypertable.to_string(),
-        };
-        line(&row(&name, h));
-        total.pending += h.pending;
-        total.done += h.done;
-        total.failed += h.failed;
-        total.skipped += h.skipped;
-        total.verified += h.verified;
-        total.mismatched += h.mismatched;
-        total.rows_copied += h.rows_copied;
-        total.bytes_copied += h.bytes_copied;
-        total.estimated_bytes_left += h.estimated_bytes_left;
+    line(&format!(
+        "{:<width$} {:>7}  {:-^30}  {:-^16}  {:>12} {:-^30}",
+        "", "", " tasks ", " verified ", "", " bytes "
+    ));
+    line(&format!(
+        "{:<width$} {:>7}  {:>7} {:>7} {:>6} {:>7}  {:>7} {:>8}  {:>12} {:>9} {:>9} {:>10}",
+        "hypertable",
+        "chunks",
+        "pending",
+        "done",
+        "failed",
+        "skipped",
+        "match",
+        "mismatch",
+        "rows",
+        "copied",
+        "left(est)",
+        "total(est)"
+    ));
+    for (name, h) in names.iter().zip(hypertables) {
+        line(&row(name, h));
     }
     line(&row("total", &total));
-    line(&format!(
-        "hyperfill sessions at work on the target: {}",
-        st.active_sessions
-    ));
-    if !st.problems.is_empty() {
-        line("Recent problems:");
-        for p in &st.problems {
-            line(&format!("  [{}] {}: {}", p.state, p.chunk, p.message));
-        }
+    if total.split_chunks > 0 {
+        line(&format!(
+            "{} chunk(s) are split into parts, one task each (see README: huge chunks).",
+            count(total.split_chunks as u64)
+        ));
+    }
+    if total.batches_copied > 0 {
+        line(&format!(
+            "Rows are logical rows: the compressed chunks among them were copied as {} \
+             compressed batches.",
+            count(total.batches_copied as u64)
+        ));
     }
 }
 
-/// The dry-run listing of `stage`.
-pub fn print_dry_run(tasks: &[NewTask]) {
-    line(&format!("Would stage {} chunk(s):", tasks.len()));
-    let mut total = 0i64;
-    for t in tasks {
-        total += t.chunk.size_bytes;
-        let filter = crate::plan::filter_sql(
-            &t.chunk.time_column,
-            t.time_type,
-            t.lower.as_ref().map(|b| b.literal.as_str()),
-            t.upper.as_ref().map(|b| b.literal.as_str()),
-        );
+fn print_problems(problems: &[crate::queue::Problem]) {
+    if problems.is_empty() {
+        return;
+    }
+    line("Recent problems:");
+    for p in problems {
+        line(&format!("  [{}] {}: {}", p.state, p.chunk, p.message));
+    }
+}
+
+/// The dry-run listing of `stage`: what the real run would do with each
+/// task, given what is queued already.
+pub fn print_dry_run(r: &crate::commands::stage::StageReport) {
+    let mut what = vec![format!(
+        "stage {}",
+        crate::commands::copy::tasks_text(r.staged, r.chunks, r.split_chunks)
+    )];
+    if r.requeued > 0 {
+        what.push(format!(
+            "re-queue {} chunk(s) with a wider range",
+            r.requeued
+        ));
+    }
+    if r.already_staged > 0 {
+        what.push(format!("leave {} task(s) already staged", r.already_staged));
+    }
+    line(&format!("Would {}:", what.join(", ")));
+    // Tasks already staged are counted above, listed only in the JSON.
+    for t in r.tasks.iter().filter(|t| t.action != "already staged") {
         let part = if t.part > 0 {
             format!(" part {}", t.part)
         } else {
             String::new()
         };
+        let name = match &t.continuous_aggregate {
+            Some(v) => format!("{v} (continuous aggregate)"),
+            None => t.hypertable.to_string(),
+        };
+        let added = if t.added_ranges.is_empty() {
+            String::new()
+        } else {
+            let ranges: Vec<String> = t
+                .added_ranges
+                .iter()
+                .map(|[a, b]| format!("[{a}, {b})"))
+                .collect();
+            format!(" (copies {} again)", ranges.join(" and "))
+        };
         line(&format!(
-            "  {} chunk {}{part} [{}, {}) ~{}{}",
-            t.chunk.hypertable,
-            t.chunk.chunk,
-            internal_time(t.time_type, t.chunk.time_start),
-            internal_time(t.time_type, t.chunk.time_end),
-            bytes(t.chunk.size_bytes.max(0) as u64),
-            filter.map(|f| format!(" where {f}")).unwrap_or_default(),
+            "  {:<15} {name} chunk {}{part} [{}, {}) ~{}{}{added}",
+            t.action,
+            t.chunk,
+            t.range[0],
+            t.range[1],
+            bytes(t.estimated_bytes.max(0) as u64),
+            t.filter
+                .as_ref()
+                .map(|f| format!(" where {f}"))
+                .unwrap_or_default(),
         ));
     }
+    for w in &r.warnings {
+        line(&format!("Warning: {w}"));
+    }
     line(&format!(
-        "Estimated size on the source: {}. Nothing was changed (dry run).",
-        bytes(total.max(0) as u64)
+        "Table data to copy on the source (new and widened): ~{}. Nothing was changed (dry run).",
+        bytes(r.estimated_bytes.max(0) as u64)
     ));
 }
 

@@ -2,13 +2,17 @@
 //! [`Job`] until it reports no more work. Knows nothing about chunks.
 //!
 //! Failure handling: after any error the worker drops both connections (so no
-//! half-finished COPY or transaction survives), reconnects, and asks the job
-//! to record the failure. Connecting is retried with backoff.
+//! half-finished COPY or transaction survives). A job records a failed task
+//! itself while it still holds the task (see [`StepError::recorded`]); when
+//! it could not, the worker reconnects and asks the job to record it.
+//! Transient failures are followed by a backoff; connecting is retried.
 //!
-//! Cancellation: the `graceful` token stops workers between tasks; the `hard`
-//! token drops the in-flight task's futures at once, which closes its
-//! connections so that the servers roll its transactions back.
+//! Cancellation: the `graceful` token stops workers between tasks and while
+//! they connect or back off; the `hard` token drops the in-flight task's
+//! futures at once, which closes its connections so that the servers roll
+//! its transactions back.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +23,36 @@ use tokio_util::sync::CancellationToken;
 use crate::db::{ConnInfo, Db};
 use crate::error::{Error, Result};
 
-/// The two cancellation levels.
+/// The two cancellation levels, and how many workers are in the middle of
+/// a task (what the first level waits for).
 #[derive(Clone, Default)]
 pub struct Shutdown {
     pub graceful: CancellationToken,
     pub hard: CancellationToken,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Shutdown {
+    /// Workers now claiming or running a task.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a worker as in flight while it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A worker's connections.
@@ -41,14 +70,22 @@ pub enum Step<E> {
 }
 
 /// A failed step: the error, and the task it concerns (if one was claimed).
-pub struct StepError {
+pub struct StepError<E> {
     pub task: Option<i64>,
     pub error: Error,
+    /// The job already recorded the failure (while it still held the task)
+    /// and this is the event to report; `None`: the worker asks
+    /// [`Job::failed`] on fresh connections.
+    pub recorded: Option<E>,
 }
 
-impl From<Error> for StepError {
+impl<E> From<Error> for StepError<E> {
     fn from(error: Error) -> Self {
-        StepError { task: None, error }
+        StepError {
+            task: None,
+            error,
+            recorded: None,
+        }
     }
 }
 
@@ -56,7 +93,11 @@ pub trait Job: Send + Sync + 'static {
     type Event: Send + 'static;
 
     /// Claim and run one unit of work.
-    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Self::Event>, StepError>>;
+    #[allow(clippy::type_complexity)]
+    fn step<'a>(
+        &'a self,
+        c: &'a Conns,
+    ) -> BoxFuture<'a, Result<Step<Self::Event>, StepError<Self::Event>>>;
 
     /// Record a failed step on fresh connections; returns the event to report.
     fn failed<'a>(
@@ -93,7 +134,7 @@ pub async fn run<J: Job>(
             let hard = shutdown.hard.clone();
             tokio::select! {
                 biased;
-                _ = hard.cancelled() => Err(Error::Interrupted),
+                _ = hard.cancelled() => Err(Error::Interrupted { abandoned: true }),
                 r = worker(i, &cfg, &*job, &shutdown, &events) => r,
             }
         });
@@ -120,6 +161,8 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(ms.min(20_000))
 }
 
+/// Connect both sides, retrying transient failures with backoff. The first
+/// ctrl-c ends the wait, whatever it is waiting on.
 async fn connect(cfg: &PoolConfig, shutdown: &Shutdown) -> Result<Conns> {
     let mut attempt = 0;
     loop {
@@ -127,11 +170,16 @@ async fn connect(cfg: &PoolConfig, shutdown: &Shutdown) -> Result<Conns> {
             let src = cfg.source.connect().await?;
             let tgt = cfg.target.connect().await?;
             Ok::<_, Error>(Conns { src, tgt })
-        }
-        .await;
+        };
+        let r = tokio::select! {
+            r = r => r,
+            _ = shutdown.graceful.cancelled() => return Err(Error::Interrupted { abandoned: false }),
+        };
         match r {
             Ok(c) => return Ok(c),
-            Err(e) if attempt + 1 < cfg.max_attempts && retryable(&e) => {
+            // A full server does not empty itself in seconds: the pool
+            // runs with the workers that got in (see `worker`).
+            Err(e) if attempt + 1 < cfg.max_attempts && retryable(&e) && !server_full(&e) => {
                 attempt += 1;
                 tracing::warn!(error = %e, attempt, "cannot connect; retrying");
                 tokio::select! {
@@ -144,19 +192,15 @@ async fn connect(cfg: &PoolConfig, shutdown: &Shutdown) -> Result<Conns> {
     }
 }
 
-/// Whether an error is worth another try on fresh connections.
+fn server_full(e: &Error) -> bool {
+    matches!(e, Error::Connect { source, .. }
+        if source.code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS))
+}
+
+/// Whether an error is worth another try on fresh connections
+/// ([`crate::error::Kind::Transient`]).
 pub fn retryable(e: &Error) -> bool {
-    match e {
-        Error::Connect { source, .. } => {
-            // Authentication failures and missing databases will not heal.
-            !matches!(
-                source.code().map(|c| c.code()),
-                Some("28P01" | "28000" | "3D000")
-            )
-        }
-        Error::Db { source, .. } => crate::error::is_retryable(source),
-        _ => false,
-    }
+    e.kind() == crate::error::Kind::Transient
 }
 
 async fn worker<J: Job>(
@@ -177,6 +221,7 @@ async fn worker<J: Job>(
             tracing::warn!(worker = id, %side, "the {side} server has no connection slot left; continuing with fewer workers");
             return Ok(());
         }
+        Err(Error::Interrupted { .. }) => return Ok(()),
         Err(e) => return Err(e),
     };
     let mut conns = Some(first);
@@ -187,32 +232,48 @@ async fn worker<J: Job>(
         }
         let c = match conns.take() {
             Some(c) => c,
-            None => connect(cfg, shutdown).await?,
+            None => match connect(cfg, shutdown).await {
+                Err(Error::Interrupted { .. }) => return Ok(()),
+                r => r?,
+            },
         };
-        match job.step(&c).await {
+        let busy = InFlight::new(&shutdown.in_flight);
+        let result = job.step(&c).await;
+        match result {
             Ok(Step::Idle) => return Ok(()),
             Ok(Step::Did(ev)) => {
                 consecutive_failures = 0;
                 let _ = events.send(ev);
                 conns = Some(c);
             }
-            Err(StepError { task, error }) => {
+            Err(StepError {
+                task,
+                error,
+                recorded,
+            }) => {
                 tracing::debug!(worker = id, error = %error, "step failed");
                 // Drop both connections: no half-done COPY or transaction survives.
                 drop(c);
                 consecutive_failures += 1;
-                let can_retry = retryable(&error) && consecutive_failures < cfg.max_attempts;
-                match task {
-                    Some(task) => {
-                        let fresh = connect(cfg, shutdown).await?;
+                let transient = retryable(&error);
+                match (task, recorded) {
+                    (_, Some(ev)) => {
+                        let _ = events.send(ev);
+                    }
+                    (Some(task), None) => {
+                        let fresh = match connect(cfg, shutdown).await {
+                            Err(Error::Interrupted { .. }) => return Ok(()),
+                            r => r?,
+                        };
                         let ev = job.failed(&fresh, task, &error).await?;
                         let _ = events.send(ev);
                         conns = Some(fresh);
                     }
-                    None if can_retry => {}
-                    None => return Err(error),
+                    (None, None) if transient && consecutive_failures < cfg.max_attempts => {}
+                    (None, None) => return Err(error),
                 }
-                if retryable(&error) {
+                drop(busy);
+                if transient {
                     tokio::select! {
                         _ = tokio::time::sleep(backoff(consecutive_failures)) => {}
                         _ = shutdown.graceful.cancelled() => return Ok(()),

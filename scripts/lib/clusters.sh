@@ -18,7 +18,12 @@
 #   destroy  stop both clusters and delete the cluster dir.
 #
 # Environment:
-#   HYPERFILL_PG_BINDIR     PostgreSQL bin dir (default /usr/lib/postgresql/15/bin)
+#   HYPERFILL_PG_BINDIR     PostgreSQL bin dir (default /usr/lib/postgresql/15/bin);
+#                           the source cluster's, and the target's too unless
+#   HYPERFILL_TARGET_PG_BINDIR  is set: the target cluster's PostgreSQL bin dir
+#                           (another major for a cross-major pair; `env` then
+#                           also prints it, and the tests take pg_dump/psql
+#                           from it)
 #   HYPERFILL_CLUSTER_DIR   where the clusters live (default /tmp/hyperfill-clusters)
 #   HYPERFILL_SOURCE_PORT   source cluster port (default 55432)
 #   HYPERFILL_TARGET_PORT   target cluster port (default 55433)
@@ -49,6 +54,7 @@
 set -euo pipefail
 
 BINDIR="${HYPERFILL_PG_BINDIR:-/usr/lib/postgresql/15/bin}"
+TARGET_BINDIR="${HYPERFILL_TARGET_PG_BINDIR:-$BINDIR}"
 CLUSTER_DIR="${HYPERFILL_CLUSTER_DIR:-/tmp/hyperfill-clusters}"
 SOURCE_PORT="${HYPERFILL_SOURCE_PORT:-55432}"
 TARGET_PORT="${HYPERFILL_TARGET_PORT:-55433}"
@@ -58,6 +64,13 @@ TLS_DIR="$CLUSTER_DIR/tls"
 
 log() { printf '[hyperfill-env] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+bin_of() { # name -> that cluster's PostgreSQL bin dir
+    case "$1" in
+        source) echo "$BINDIR" ;;
+        target) echo "$TARGET_BINDIR" ;;
+    esac
+}
 
 port_of() {
     case "$1" in
@@ -77,9 +90,11 @@ run_pg() {
 }
 
 check_bindir() {
-    local b
-    for b in initdb pg_ctl postgres pg_isready psql; do
-        [[ -x $BINDIR/$b ]] || die "$BINDIR/$b not found (set HYPERFILL_PG_BINDIR or run scripts/lib/ensure-timescaledb.sh)"
+    local b d
+    for d in "$BINDIR" "$TARGET_BINDIR"; do
+        for b in initdb pg_ctl postgres pg_isready psql; do
+            [[ -x $d/$b ]] || die "$d/$b not found (set HYPERFILL_PG_BINDIR / HYPERFILL_TARGET_PG_BINDIR or run scripts/lib/ensure-timescaledb.sh)"
+        done
     done
 }
 
@@ -127,7 +142,7 @@ EOF
 }
 
 is_running() { # name
-    run_pg "$BINDIR/pg_ctl" -D "$CLUSTER_DIR/$1/data" status >/dev/null 2>&1
+    run_pg "$(bin_of "$1")/pg_ctl" -D "$CLUSTER_DIR/$1/data" status >/dev/null 2>&1
 }
 
 show_log_tail() {
@@ -142,7 +157,7 @@ wait_ready() { # name
     local name="$1" port i
     port="$(port_of "$name")"
     for ((i = 0; i < 120; i++)); do
-        if "$BINDIR/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres; then
+        if "$(bin_of "$name")/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres; then
             return 0
         fi
         sleep 0.5
@@ -294,7 +309,7 @@ $HBA_END"
 ensure_roles() { # name
     local port out
     port="$(port_of "$1")"
-    out="$("$BINDIR/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "
+    out="$("$(bin_of "$1")/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "
         DO \$\$ BEGIN
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'hf_certuser') THEN
                 CREATE ROLE hf_certuser LOGIN SUPERUSER;
@@ -310,7 +325,7 @@ wait_tls() { # name
     local name="$1" port i out=""
     port="$(port_of "$name")"
     for ((i = 0; i < 40; i++)); do
-        out="$("$BINDIR/psql" -X -q -A -t "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=require" \
+        out="$("$(bin_of "$name")/psql" -X -q -A -t "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=require" \
             -c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()' 2>&1)" && [[ $out == t ]] && return 0
         sleep 0.25
     done
@@ -332,8 +347,22 @@ needs_restart() { # old-file new-text
     return 1
 }
 
+# A running cluster must run the PostgreSQL (and so the TimescaleDB) asked
+# for: a cluster dir started earlier from another installation of the same
+# major would otherwise be reused silently.
+check_running_binary() { # name
+    local name="$1" pid exe want
+    pid="$(head -n1 "$CLUSTER_DIR/$name/data/postmaster.pid" 2>/dev/null)" || return 0
+    exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || return 0
+    want="$(realpath "$(bin_of "$name")/postgres")"
+    [[ $exe == "$want" ]] \
+        || die "$name: the server running in $CLUSTER_DIR/$name is $exe, not $want; stop it with the settings it was started with (or set HYPERFILL_CLUSTER_DIR)"
+}
+
 start_one() { # name
     local name="$1" dir="$CLUSTER_DIR/$1" data="$CLUSTER_DIR/$1/data" port
+    local bin
+    bin="$(bin_of "$name")"
     port="$(port_of "$name")"
 
     if [[ ! -f $data/PG_VERSION ]]; then
@@ -343,16 +372,16 @@ start_one() { # name
         fi
         run_pg mkdir -p "$dir"
         log "$name: initdb $data"
-        run_pg "$BINDIR/initdb" -D "$data" -U postgres --auth=trust \
+        run_pg "$bin/initdb" -D "$data" -U postgres --auth=trust \
             --encoding=UTF8 --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1 \
             || { cat "$dir/initdb.log" >&2; die "$name: initdb failed"; }
         printf "\ninclude_if_exists = 'hyperfill.conf'\n" | run_pg tee -a "$data/postgresql.conf" >/dev/null
     else
         local have want
         have="$(cat "$data/PG_VERSION")"
-        want="$("$BINDIR/postgres" --version | sed -E 's/.* ([0-9]+)(\.[0-9]+)?.*/\1/')"
+        want="$("$bin/postgres" --version | sed -E 's/.* ([0-9]+)(\.[0-9]+)?.*/\1/')"
         [[ $have == "$want" ]] \
-            || die "$name: $data was created by PostgreSQL $have but $BINDIR is PostgreSQL $want; run '$0 destroy' or set HYPERFILL_CLUSTER_DIR"
+            || die "$name: $data was created by PostgreSQL $have but $bin is PostgreSQL $want; run '$0 destroy' or set HYPERFILL_CLUSTER_DIR"
     fi
 
     local conf
@@ -369,20 +398,21 @@ start_one() { # name
     [[ $TLS_CHANGED -eq 0 ]] || reload=1
 
     if is_running "$name"; then
+        check_running_binary "$name"
         if [[ $restart -eq 1 ]]; then
             log "$name: configuration changed, restarting"
-            run_pg "$BINDIR/pg_ctl" -D "$data" -m fast -w -t 60 -l "$dir/postgresql.log" restart >/dev/null \
+            run_pg "$bin/pg_ctl" -D "$data" -m fast -w -t 60 -l "$dir/postgresql.log" restart >/dev/null \
                 || { show_log_tail "$name"; die "$name: restart failed"; }
         elif [[ $reload -eq 1 ]]; then
             log "$name: configuration changed, reloading"
-            run_pg "$BINDIR/pg_ctl" -D "$data" reload >/dev/null \
+            run_pg "$bin/pg_ctl" -D "$data" reload >/dev/null \
                 || { show_log_tail "$name"; die "$name: reload failed"; }
         else
             log "$name: already running on 127.0.0.1:$port"
         fi
     else
-        log "$name: starting on 127.0.0.1:$port (log: $dir/postgresql.log)"
-        run_pg "$BINDIR/pg_ctl" -D "$data" -w -t 60 -l "$dir/postgresql.log" start >/dev/null \
+        log "$name: starting $bin/postgres on 127.0.0.1:$port (log: $dir/postgresql.log)"
+        run_pg "$bin/pg_ctl" -D "$data" -w -t 60 -l "$dir/postgresql.log" start >/dev/null \
             || { show_log_tail "$name"; die "$name: start failed"; }
     fi
     wait_ready "$name"
@@ -394,14 +424,14 @@ stop_one() { # name
     local name="$1" data="$CLUSTER_DIR/$1/data"
     if [[ -f $data/PG_VERSION ]] && is_running "$name"; then
         log "$name: stopping"
-        run_pg "$BINDIR/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null
+        run_pg "$(bin_of "$name")/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null
     else
         log "$name: not running"
     fi
 }
 
-psql_q() { # port sql
-    "$BINDIR/psql" -X -q -A -t -h 127.0.0.1 -p "$1" -U postgres -d postgres -c "$2" 2>&1
+psql_q() { # name sql
+    "$(bin_of "$1")/psql" -X -q -A -t -h 127.0.0.1 -p "$(port_of "$1")" -U postgres -d postgres -c "$2" 2>&1
 }
 
 status_one() { # name -> 0 running, 1 not
@@ -409,14 +439,14 @@ status_one() { # name -> 0 running, 1 not
     port="$(port_of "$name")"
     if [[ -f $data/PG_VERSION ]] && is_running "$name"; then
         local ver lic ext ssl
-        ver="$(psql_q "$port" 'show server_version')"
-        ssl="$(psql_q "$port" 'show ssl')"
+        ver="$(psql_q "$name" 'show server_version')"
+        ssl="$(psql_q "$name" 'show ssl')"
         # timescaledb.license only exists once the extension library is
         # loaded in a session: create the extension in a rolled-back
         # transaction to read it without changing anything.
-        lic="$("$BINDIR/psql" -X -q -A -t -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+        lic="$("$(bin_of "$name")/psql" -X -q -A -t -h 127.0.0.1 -p "$port" -U postgres -d postgres \
             -c 'begin; create extension if not exists timescaledb; show timescaledb.license; rollback' 2>/dev/null | tail -n1)"
-        ext="$(psql_q "$port" "select coalesce(default_version, '-') || ' (installed in db postgres: ' || coalesce(installed_version, 'no') || ')' from pg_available_extensions where name = 'timescaledb'")"
+        ext="$(psql_q "$name" "select coalesce(default_version, '-') || ' (installed in db postgres: ' || coalesce(installed_version, 'no') || ')' from pg_available_extensions where name = 'timescaledb'")"
         printf '%s: running  127.0.0.1:%s  PostgreSQL %s  ssl=%s  timescaledb.license=%s  timescaledb available %s  data=%s\n' \
             "$name" "$port" "$ver" "$ssl" "$lic" "${ext:-NOT AVAILABLE}" "$data"
         return 0
@@ -427,6 +457,11 @@ status_one() { # name -> 0 running, 1 not
 
 print_env() {
     printf "export HYPERFILL_PG_BINDIR='%s'\n" "$BINDIR"
+    if [[ $TARGET_BINDIR != "$BINDIR" ]]; then
+        printf "export HYPERFILL_TARGET_PG_BINDIR='%s'\n" "$TARGET_BINDIR"
+    else
+        printf 'unset HYPERFILL_TARGET_PG_BINDIR\n'
+    fi
     printf "export HYPERFILL_TEST_SOURCE_URL='postgres://postgres@127.0.0.1:%s/postgres'\n" "$SOURCE_PORT"
     printf "export HYPERFILL_TEST_TARGET_URL='postgres://postgres@127.0.0.1:%s/postgres'\n" "$TARGET_PORT"
     printf "export HYPERFILL_TEST_CA='%s'\n" "$TLS_DIR/ca.crt"

@@ -12,7 +12,7 @@ use crate::ident::{quote_ident, QualifiedName};
 /// the matches are built on). Cascades apply only with a filter. Returns view
 /// schema, view name, watermark (internal int64).
 // language=PostgreSQL
-const SOURCE_CAGGS: &str = "\
+pub(crate) const SOURCE_CAGGS: &str = "\
 WITH RECURSIVE
 matched AS (
     SELECT mat_hypertable_id AS id FROM _timescaledb_catalog.continuous_agg
@@ -41,7 +41,7 @@ JOIN selected s ON s.id = ca.mat_hypertable_id";
 /// hierarchy (0 for one built on a hypertable), time type of its buckets,
 /// watermark (internal int64).
 // language=PostgreSQL
-const TARGET_CAGGS: &str = "\
+pub(crate) const TARGET_CAGGS: &str = "\
 WITH RECURSIVE tree AS (
     SELECT mat_hypertable_id, 0 AS depth FROM _timescaledb_catalog.continuous_agg
     WHERE parent_mat_hypertable_id IS NULL

@@ -1,9 +1,14 @@
 //! Read-only TimescaleDB introspection. Nothing in this module writes.
 
 mod columns;
-mod sql;
+#[macro_use]
+pub mod compat;
+pub(crate) mod sql;
 
-pub use columns::{column_differences, hypertable_columns, relation_columns, Column};
+pub use columns::{
+    column_differences, hypertable_columns, relation_columns, text_copy_needed, Column,
+};
+pub use compat::Features;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -44,6 +49,11 @@ pub struct Extension {
     pub functions_schema: String,
     /// `timescale` or `apache`.
     pub license: String,
+    /// What this release needs (see `compat.rs`).
+    pub features: Features,
+    /// The server's PostgreSQL version (`17.11`) and major (17).
+    pub postgres_version: String,
+    pub postgres_major: u32,
 }
 
 impl Extension {
@@ -56,52 +66,62 @@ impl Extension {
 
 /// Read the timescaledb extension of one side.
 pub async fn extension(db: &Db) -> Result<Extension> {
-    let row = db
-        .query_opt(sql::EXTENSION, &[], "reading the timescaledb extension")
-        .await?;
-    let Some(row) = row else {
-        return Err(Error::Precondition {
+    match extension_opt(db).await? {
+        Some(e) => Ok(e),
+        None => Err(Error::Precondition {
             side: db.side,
             message: "the timescaledb extension is not installed in this database. \
                  Connect to the database that holds the hypertables, or run \
                  `CREATE EXTENSION timescaledb` there (on the target, restore the \
                  source's schema with pg_dump first)"
                 .to_string(),
-        });
+        }),
+    }
+}
+
+/// Read the timescaledb extension of one side; `None` when the database
+/// does not have it.
+pub async fn extension_opt(db: &Db) -> Result<Option<Extension>> {
+    let row = db
+        .query_opt(sql::EXTENSION, &[], "reading the timescaledb extension")
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
     };
     let version_text: String = row.get(0);
     let schema: String = row.get(1);
     let functions_schema: String = row.get(2);
     let license: String = row.get(3);
+    let postgres_version: String = row.get(4);
+    let postgres_major = (row.get::<_, i32>(5) / 10000).max(0) as u32;
     let version = Version::parse(&version_text).ok_or_else(|| Error::Precondition {
         side: db.side,
         message: format!("cannot understand the timescaledb version '{version_text}'"),
     })?;
-    Ok(Extension {
+    Ok(Some(Extension {
         version_text,
         version,
         schema,
         functions_schema,
         license,
-    })
+        features: Features::for_version(version),
+        postgres_version,
+        postgres_major,
+    }))
 }
 
-/// Source and target must run exactly the same TimescaleDB release.
+/// Source and target must run exactly the same TimescaleDB release (the
+/// PostgreSQL majors may differ).
 pub fn ensure_compatible(source: &Extension, target: &Extension) -> Result<()> {
     if source.version_text != target.version_text {
         return Err(Error::Incompatible(format!(
-            "TimescaleDB versions differ: source runs {s}, target runs {t}. \
-             They must be exactly the same: on the database with the older one, run \
-             `ALTER EXTENSION timescaledb UPDATE TO '{newer}';` (as the first command of a \
-             fresh session, e.g. `psql -X -c ...`), or install {s} on the target. \
-             Nothing was changed.",
+            "TimescaleDB versions differ: source runs {s} (PostgreSQL {sp}), target runs {t} \
+             (PostgreSQL {tp}). They must be exactly the same. Fix: {fix}. Nothing was changed.",
             s = source.version_text,
             t = target.version_text,
-            newer = if source.version >= target.version {
-                &source.version_text
-            } else {
-                &target.version_text
-            },
+            sp = source.postgres_version,
+            tp = target.postgres_version,
+            fix = version_fix(source, target),
         )));
     }
     if source.version < MIN_SUPPORTED {
@@ -112,6 +132,59 @@ pub fn ensure_compatible(source: &Extension, target: &Extension) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A way to put both sides on the same TimescaleDB release that exists:
+/// only releases the side's PostgreSQL major can run are proposed
+/// ([`compat::postgres_majors`]).
+pub fn version_fix(s: &Extension, t: &Extension) -> String {
+    let runs = |v: Version, pg: u32| compat::postgres_majors(v).contains(&pg);
+    let (sv, tv) = (&s.version_text, &t.version_text);
+    let (sp, tp) = (s.postgres_major, t.postgres_major);
+    let mut fixes = Vec::new();
+    if runs(s.version, tp) {
+        fixes.push(if s.version > t.version {
+            format!(
+                "install TimescaleDB {sv} for PostgreSQL {tp} on the target server and run \
+                 `ALTER EXTENSION timescaledb UPDATE TO '{sv}';` in the target database as the \
+                 first command of a fresh session (psql -X)"
+            )
+        } else {
+            format!(
+                "install TimescaleDB {sv} for PostgreSQL {tp} on the target server, create the \
+                 target database again with `CREATE EXTENSION timescaledb VERSION '{sv}';` and \
+                 restore the schema into it (an extension cannot be downgraded in place)"
+            )
+        });
+    }
+    if t.version > s.version && runs(t.version, sp) {
+        fixes.push(format!(
+            "or install TimescaleDB {tv} for PostgreSQL {sp} on the source server and run \
+             `ALTER EXTENSION timescaledb UPDATE TO '{tv}';` in the source database as the first \
+             command of a fresh session (psql -X); the application's dual writes need it too"
+        ));
+    }
+    if fixes.is_empty() {
+        let range = |v: Version| {
+            let r = compat::postgres_majors(v);
+            format!("{}-{}", r.start(), r.end())
+        };
+        fixes.push(format!(
+            "TimescaleDB {sv} runs on PostgreSQL {} only, so the target (PostgreSQL {tp}) cannot \
+             run it{}; give the target a PostgreSQL major that runs {sv}, or upgrade the \
+             source's PostgreSQL first",
+            range(s.version),
+            if t.version > s.version {
+                format!(
+                    ", and {tv} (PostgreSQL {}) cannot run on the source",
+                    range(t.version)
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+    fixes.join("; ")
 }
 
 /// The time type of a hypertable's first open (time) dimension.
@@ -181,6 +254,8 @@ pub struct SourceChunk {
     pub time_end: i64,
     /// Every dimension's slice, sorted by column name.
     pub slices: Vec<Slice>,
+    /// The table data (heap and TOAST, no indexes) of the chunk and of its
+    /// compressed chunk: roughly what COPY reads.
     pub size_bytes: i64,
 }
 
@@ -242,10 +317,14 @@ pub async fn selected_hypertables(db: &Db, sel: &Selection) -> Result<Vec<Select
 }
 
 /// Every non-dropped chunk of the selected hypertables, newest first.
-pub async fn source_chunks(db: &Db, sel: &Selection) -> Result<Vec<SourceChunk>> {
+pub async fn source_chunks(
+    db: &Db,
+    features: &Features,
+    sel: &Selection,
+) -> Result<Vec<SourceChunk>> {
     let rows = db
         .query(
-            sql::SOURCE_CHUNKS,
+            features.sql(&sql::SOURCE_CHUNKS),
             &[&sel.filter, &sel.cascade_up, &sel.cascade_down],
             "reading chunks from the TimescaleDB catalog",
         )
@@ -272,11 +351,12 @@ pub async fn source_chunks(db: &Db, sel: &Selection) -> Result<Vec<SourceChunk>>
 /// Chunks of one target hypertable, keyed by their slices.
 pub async fn target_chunks_by_slices(
     db: &Db,
+    features: &Features,
     hypertable: &QualifiedName,
 ) -> Result<Vec<(Vec<Slice>, QualifiedName)>> {
     let rows = db
         .query(
-            sql::CHUNKS_OF_HYPERTABLE,
+            features.sql(&sql::CHUNKS_OF_HYPERTABLE),
             &[&hypertable.schema, &hypertable.name],
             &format!("reading the chunks of {hypertable}"),
         )
@@ -290,10 +370,10 @@ pub async fn target_chunks_by_slices(
 }
 
 /// Whether a chunk still exists and is not marked dropped.
-pub async fn chunk_exists(db: &Db, chunk: &QualifiedName) -> Result<bool> {
+pub async fn chunk_exists(db: &Db, features: &Features, chunk: &QualifiedName) -> Result<bool> {
     let row = db
         .query_one(
-            sql::CHUNK_EXISTS,
+            features.sql(&sql::CHUNK_EXISTS),
             &[&chunk.schema, &chunk.name],
             &format!("looking up chunk {chunk}"),
         )
@@ -445,6 +525,9 @@ mod tests {
             schema: "public".into(),
             functions_schema: "_timescaledb_functions".into(),
             license: "timescale".into(),
+            features: Features::for_version(Version::parse(v).unwrap()),
+            postgres_version: "15.10".into(),
+            postgres_major: 15,
         };
         let err = ensure_compatible(&mk("2.19.3"), &mk("2.18.0")).unwrap_err();
         let msg = err.to_string();
@@ -454,6 +537,38 @@ mod tests {
             "{msg}"
         );
         assert_eq!(err.exit_code(), 3);
+    }
+
+    #[test]
+    fn version_fix_proposes_only_releases_the_postgres_major_can_run() {
+        let mk = |v: &str, pg: u32| Extension {
+            version_text: v.into(),
+            version: Version::parse(v).unwrap(),
+            schema: "public".into(),
+            functions_schema: "_timescaledb_functions".into(),
+            license: "timescale".into(),
+            features: Features::for_version(Version::parse(v).unwrap()),
+            postgres_version: format!("{pg}.1"),
+            postgres_major: pg,
+        };
+        // Target newer, on a newer major (a fresh managed service): 2.29
+        // needs PostgreSQL 16, so updating the PG 15 source is no fix.
+        let fix = version_fix(&mk("2.28.3", 15), &mk("2.29.2", 17));
+        assert!(
+            fix.contains("CREATE EXTENSION timescaledb VERSION '2.28.3'"),
+            "{fix}"
+        );
+        assert!(!fix.contains("UPDATE TO '2.29.2'"), "{fix}");
+        // Both majors run both releases: either way is offered.
+        let fix = version_fix(&mk("2.25.2", 15), &mk("2.28.3", 17));
+        assert!(fix.contains("VERSION '2.25.2'") && fix.contains("UPDATE TO '2.28.3'"));
+        // Source newer: update the target, when its major runs the release.
+        let fix = version_fix(&mk("2.29.2", 17), &mk("2.28.3", 17));
+        assert!(fix.contains("UPDATE TO '2.29.2'"), "{fix}");
+        // No release runs on both servers as they are.
+        let fix = version_fix(&mk("2.16.1", 14), &mk("2.29.2", 18));
+        assert!(!fix.contains("ALTER EXTENSION") && !fix.contains("CREATE EXTENSION"));
+        assert!(fix.contains("PostgreSQL 14-17"), "{fix}");
     }
 
     #[test]

@@ -26,6 +26,29 @@ async fn to_internal(
     db.client.query_one(&sql, &[&text]).await.map(|r| r.get(0))
 }
 
+/// Whether a timestamptz text names its moment only with the session's time
+/// zone (no UTC offset, or a word like `today`): parsed in two sessions
+/// whose time zones differ, it gives two different moments.
+async fn depends_on_time_zone(db: &Db, ext: &Extension, text: &str) -> Result<bool> {
+    let sql = format!(
+        "SELECT {}.time_to_internal(CAST($1::text AS timestamptz))",
+        quote_ident(&ext.functions_schema)
+    );
+    let what = "checking how --until/--from is read";
+    db.batch("BEGIN READ ONLY; SET LOCAL TimeZone = 'UTC'", what)
+        .await?;
+    let result = async {
+        let a: i64 = db.query_one(&sql, &[&text], what).await?.get(0);
+        db.batch("SET LOCAL TimeZone = 'Asia/Kathmandu'", what)
+            .await?;
+        let b: i64 = db.query_one(&sql, &[&text], what).await?.get(0);
+        Ok::<_, Error>(a != b)
+    }
+    .await;
+    db.batch("ROLLBACK", what).await?;
+    result
+}
+
 /// Render an internal value as canonical text of its type. Must run in a
 /// session with `DateStyle = ISO` and `TimeZone = UTC`.
 async fn literal(db: &Db, ext: &Extension, tt: TimeType, internal: i64) -> Result<String> {
@@ -45,14 +68,15 @@ async fn literal(db: &Db, ext: &Extension, tt: TimeType, internal: i64) -> Resul
 /// Parse the bounds for every time type among `hypertables`. Fails, naming
 /// the hypertables, when a bound cannot be read as one of their types.
 /// `raw` must still have the server's default settings; it gets the
-/// canonical ones (ISO, UTC) applied before rendering.
+/// canonical ones (ISO, UTC) applied before rendering. Also returns notes
+/// for the user: how a timestamptz bound without a UTC offset was read.
 pub async fn parse_windows(
     raw: &Db,
     ext: &Extension,
     hypertables: &[SelectedHypertable],
     until: &str,
     from: Option<&str>,
-) -> Result<HashMap<TimeType, Window>> {
+) -> Result<(HashMap<TimeType, Window>, Vec<String>)> {
     let mut by_type: BTreeMap<TimeType, Vec<String>> = BTreeMap::new();
     let mut unsupported = Vec::new();
     for h in hypertables {
@@ -117,6 +141,21 @@ pub async fn parse_windows(
         )));
     }
 
+    // A timestamptz bound without an offset means the source server's time
+    // zone: say so, with the moment it was read as.
+    let mut zoned = Vec::new();
+    if let Some(names) = by_type.get(&TimeType::TimestampTz) {
+        let zone: String = raw
+            .query_one("SHOW TimeZone", &[], "reading the session's time zone")
+            .await?
+            .get(0);
+        for (flag, text) in [("until", Some(until)), ("from", from)] {
+            let Some(text) = text else { continue };
+            if depends_on_time_zone(raw, ext, text).await? {
+                zoned.push((flag, text.to_string(), zone.clone(), names.join(", ")));
+            }
+        }
+    }
     raw.batch(
         "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; SET IntervalStyle = 'postgres'",
         "setting up the session",
@@ -152,5 +191,21 @@ pub async fn parse_windows(
             },
         );
     }
-    Ok(windows)
+    let mut notes = Vec::new();
+    for (flag, text, zone, names) in zoned {
+        let w = &windows[&TimeType::TimestampTz];
+        let read = match flag {
+            "until" => Some(&w.until),
+            _ => w.from.as_ref(),
+        };
+        if let Some(b) = read {
+            notes.push(format!(
+                "--{flag} '{text}' has no UTC offset: it was read in the source server's time \
+                 zone ({zone}) as {} for the timestamptz hypertable(s) {names}. Give an offset \
+                 (like '{}') to name the moment yourself.",
+                b.literal, b.literal
+            ));
+        }
+    }
+    Ok((windows, notes))
 }

@@ -1,18 +1,20 @@
 //! `copy`: run the queue with N workers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use tokio_postgres::error::SqlState;
 
 use crate::catalog;
-use crate::copy::{self, Context, Outcome};
+use crate::copy::{self, Context, CopyStats, Outcome};
 use crate::db::{ConnInfo, Db};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 use crate::ident::{quote_literal, QualifiedName};
-use crate::queue::{self, AfterFailure, CopyDone, Task};
+use crate::queue::{self, AfterFailure, CopyDone, Recorded, Task, TaskState};
 use crate::ui;
 use crate::worker::{self, Conns, Job, PoolConfig, Shutdown, Step, StepError};
 
@@ -21,41 +23,73 @@ pub struct CopyConfig {
     pub target: ConnInfo,
     pub parallelism: usize,
     pub max_attempts: u32,
+    pub stall_timeout: std::time::Duration,
     pub analyze: bool,
     pub max_rate: Option<u64>,
     pub requeue_mismatched: bool,
 }
 
+/// What a copy run did. Task counts are tasks (a chunk split into parts has
+/// one task per part); `rows` are logical rows (for compressed chunks, the
+/// rows their batches hold), `batches` the compressed batches among them,
+/// `bytes` the COPY data read from the source.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct CopyReport {
     pub copied: u64,
     pub skipped: u64,
     pub failed: u64,
     pub rows: u64,
+    pub batches: u64,
     pub bytes: u64,
     pub seconds: f64,
+    /// Tasks still pending in the queue afterwards.
     pub remaining: u64,
     /// Source hypertables with chunks that no stage selected.
     pub left_behind: Vec<queue::LeftBehind>,
+    /// Failed attempts that were tried again (each task's final failure is
+    /// in `failed`, once).
+    pub retries: u64,
+    /// The same figures per hypertable, in name order.
+    pub hypertables: Vec<HypertableCopy>,
+}
+
+/// One hypertable's share of a copy run.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct HypertableCopy {
+    pub hypertable: QualifiedName,
+    /// The view, when the hypertable materializes a continuous aggregate.
+    pub continuous_aggregate: Option<String>,
+    pub copied: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub rows: u64,
+    pub batches: u64,
+    pub bytes: u64,
 }
 
 pub enum Event {
     Copied {
+        task: i64,
+        hypertable: QualifiedName,
         chunk: String,
-        rows: u64,
-        bytes: u64,
+        stats: CopyStats,
         elapsed: std::time::Duration,
         estimated: u64,
         /// Why it was copied another way than staged.
         fallback: Option<String>,
     },
     Skipped {
+        task: i64,
+        hypertable: QualifiedName,
         chunk: String,
         estimated: u64,
     },
     Failed {
+        task: i64,
+        hypertable: QualifiedName,
         chunk: String,
         error: String,
+        /// The task is now `failed`: no more attempts in this run.
         final_attempt: bool,
         attempt: u32,
         estimated: u64,
@@ -65,15 +99,17 @@ pub enum Event {
 /// What this process knows of a task it tried.
 #[derive(Clone)]
 struct Tried {
+    hypertable: QualifiedName,
     chunk: QualifiedName,
     label: String,
     estimated: u64,
-    attempts: u32,
+    /// Failed attempts this process could not record (another worker had
+    /// claimed the task again first).
+    unrecorded: u32,
 }
 
 struct CopyJob {
     ctx: Context,
-    run_started: SystemTime,
     max_attempts: u32,
     analyze: bool,
     /// Every task this process tried, for failure records.
@@ -98,15 +134,22 @@ pub async fn begin_source(src: &Db, task: &Task) -> Result<()> {
     Ok(())
 }
 
+/// Taken right after the claim: a failed attempt rolls back to it, keeping
+/// the task's row lock, and records the failure before committing.
+// language=PostgreSQL
+const SAVEPOINT: &str = "SAVEPOINT hyperfill_claimed";
+// language=PostgreSQL
+const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT hyperfill_claimed";
+
 impl CopyJob {
-    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError> {
+    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError<Event>> {
         c.tgt
             .batch(
                 "BEGIN; SET LOCAL synchronous_commit = off",
                 "starting a transaction",
             )
             .await?;
-        let Some(task) = queue::claim_copy(&c.tgt, self.run_started).await? else {
+        let Some(task) = queue::claim_copy(&c.tgt, self.max_attempts).await? else {
             c.tgt.batch("ROLLBACK", "ending a transaction").await?;
             return Ok(Step::Idle);
         };
@@ -115,149 +158,231 @@ impl CopyJob {
             .unwrap_or_else(|e| e.into_inner())
             .entry(task.id)
             .or_insert_with(|| Tried {
+                hypertable: task.hypertable.clone(),
                 chunk: task.chunk.clone(),
                 label: task.label(),
                 estimated: task.estimated_bytes.max(0) as u64,
-                attempts: 0,
+                unrecorded: 0,
             });
+        let result = async {
+            c.tgt.batch(SAVEPOINT, "starting the task").await?;
+            self.attempt(c, &task).await
+        }
+        .await;
+        match result {
+            Ok(event) => Ok(Step::Did(event)),
+            Err(error) => {
+                let recorded = self.record_in_claim(c, &task, &error).await;
+                Err(StepError {
+                    task: Some(task.id),
+                    error,
+                    recorded,
+                })
+            }
+        }
+    }
+
+    /// Copy one claimed task and commit it.
+    async fn attempt(&self, c: &Conns, task: &Task) -> Result<Event> {
         let estimated = task.estimated_bytes.max(0) as u64;
-        let fail = |error: Error| StepError {
-            task: Some(task.id),
-            error,
-        };
         let started = SystemTime::now();
         let clock = Instant::now();
-        begin_source(&c.src, &task).await.map_err(fail)?;
-        let outcome = copy::copy_task(&c.src, &c.tgt, &self.ctx, &task)
-            .await
-            .map_err(fail)?;
+        begin_source(&c.src, task).await?;
+        let outcome = copy::copy_task(&c.src, &c.tgt, &self.ctx, task).await?;
         let event = match outcome {
             Outcome::Copied {
-                rows,
-                bytes,
+                stats,
                 target_chunk,
                 fallback,
                 source_watermark,
             } => {
                 let elapsed = clock.elapsed();
                 let message = format!(
-                    "copied {} rows, {} in {}",
-                    rows,
-                    ui::bytes(bytes),
+                    "copied {}, {} in {}",
+                    rows_text(&stats),
+                    ui::bytes(stats.bytes),
                     ui::duration(elapsed)
                 );
                 let done = CopyDone {
-                    rows: rows as i64,
-                    bytes: bytes as i64,
+                    rows: stats.rows as i64,
+                    batches: (stats.batches > 0).then_some(stats.batches as i64),
+                    bytes: stats.bytes as i64,
                     started,
                     message: &message,
                     target_chunk: target_chunk.as_ref(),
                     fallback: fallback.as_deref(),
                     source_watermark,
                 };
-                queue::complete_copy(&c.tgt, task.id, &done)
-                    .await
-                    .map_err(fail)?;
-                c.src
-                    .batch("COMMIT", "ending a transaction")
-                    .await
-                    .map_err(fail)?;
-                c.tgt
-                    .batch("COMMIT", "committing the copied chunk")
-                    .await
-                    .map_err(fail)?;
+                queue::complete_copy(&c.tgt, task.id, &done).await?;
+                c.src.batch("COMMIT", "ending a transaction").await?;
+                c.tgt.batch("COMMIT", "committing the copied chunk").await?;
                 if let (true, Some(target_chunk)) = (self.analyze, &target_chunk) {
-                    c.tgt
+                    // The chunk is committed: a failed ANALYZE is not a
+                    // failed copy.
+                    if let Err(e) = c
+                        .tgt
                         .batch(
                             &format!("ANALYZE {}", target_chunk.sql()),
                             "analyzing the copied chunk",
                         )
                         .await
-                        .map_err(fail)?;
+                    {
+                        tracing::warn!(chunk = %target_chunk, error = %e, "ANALYZE failed");
+                    }
                 }
                 Event::Copied {
+                    task: task.id,
+                    hypertable: task.hypertable.clone(),
                     chunk: task.label(),
-                    rows,
-                    bytes,
+                    stats,
                     elapsed,
                     estimated,
                     fallback,
                 }
             }
             Outcome::SourceGone => {
-                queue::skip_copy(&c.tgt, task.id, "the source chunk no longer exists")
-                    .await
-                    .map_err(fail)?;
-                c.src
-                    .batch("COMMIT", "ending a transaction")
-                    .await
-                    .map_err(fail)?;
-                c.tgt
-                    .batch("COMMIT", "ending a transaction")
-                    .await
-                    .map_err(fail)?;
+                queue::skip_copy(&c.tgt, task.id, "the source chunk no longer exists").await?;
+                c.src.batch("COMMIT", "ending a transaction").await?;
+                c.tgt.batch("COMMIT", "ending a transaction").await?;
                 Event::Skipped {
+                    task: task.id,
+                    hypertable: task.hypertable.clone(),
                     chunk: task.label(),
                     estimated,
                 }
             }
         };
-        Ok(Step::Did(event))
+        Ok(event)
     }
 
-    async fn failed_inner(&self, c: &Conns, task: i64, error: &Error) -> Result<Event> {
+    /// Record a failed attempt in the task's own transaction, rolled back to
+    /// the savepoint taken after the claim: the row stays locked until the
+    /// attempt is counted, so no other worker or process can claim the task
+    /// in between (and go past `--max-attempts`). `None` when the target
+    /// connection cannot do it (lost, stuck), or when the source chunk may
+    /// have vanished; then the worker records on fresh connections.
+    async fn record_in_claim(&self, c: &Conns, task: &Task, error: &Error) -> Option<Event> {
+        if let Error::Db {
+            side: Side::Source,
+            source,
+            ..
+        } = error
+        {
+            if source.code() == Some(&SqlState::UNDEFINED_TABLE) {
+                return None;
+            }
+        }
+        let after = if worker::retryable(error) {
+            AfterFailure::Retry
+        } else {
+            AfterFailure::Failed
+        };
+        let text = error.to_string();
+        let record = async {
+            c.tgt
+                .batch(ROLLBACK_TO_SAVEPOINT, "recording a failed task")
+                .await?;
+            let r = queue::record_failure(&c.tgt, task.id, after, &text, self.max_attempts).await?;
+            c.tgt.batch("COMMIT", "recording a failed task").await?;
+            Ok::<_, Error>(r)
+        };
+        // A stuck target ends this with Error::Stalled (watched connection).
+        match record.await {
+            Ok(Some(recorded)) => Some(self.event(task.id, recorded, text)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot record the failure in the task's transaction");
+                None
+            }
+        }
+    }
+
+    /// The event for a recorded failure.
+    fn event(&self, task: i64, recorded: Recorded, error: String) -> Event {
         let Tried {
-            chunk,
+            hypertable,
             label,
             estimated,
-            attempts: attempt,
-        } = {
-            let mut tried = self.tried.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = tried.entry(task).or_insert_with(|| Tried {
-                chunk: QualifiedName::new("?", "?"),
-                label: format!("task {task}"),
-                estimated: 0,
-                attempts: 0,
-            });
-            entry.attempts += 1;
-            entry.clone()
-        };
-        // A chunk dropped on the source while we copied it is not a failure.
-        if !catalog::chunk_exists(&c.src, &chunk).await? {
-            queue::record_failure(
-                &c.tgt,
+            ..
+        } = self.tried(task);
+        match recorded.state {
+            TaskState::Skipped => Event::Skipped {
                 task,
-                AfterFailure::Skipped,
-                "the source chunk no longer exists",
-            )
-            .await?;
-            return Ok(Event::Skipped {
+                hypertable,
                 chunk: label,
                 estimated,
-            });
+            },
+            state => Event::Failed {
+                task,
+                hypertable,
+                chunk: label,
+                error,
+                final_attempt: state == TaskState::Failed,
+                attempt: recorded.attempts,
+                estimated,
+            },
         }
-        let give_up = !worker::retryable(error) || attempt >= self.max_attempts;
-        let text = format!("{error}");
-        let after = if give_up {
-            AfterFailure::Failed
-        } else {
-            AfterFailure::Retry
-        };
-        queue::record_failure(&c.tgt, task, after, &text).await?;
-        Ok(Event::Failed {
-            chunk: label,
-            error: text,
-            final_attempt: give_up,
-            attempt,
-            estimated,
-        })
+    }
+
+    /// This process's record of a task; `count`: one more unrecorded attempt.
+    fn tried_with(&self, task: i64, count: bool) -> Tried {
+        let mut tried = self.tried.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = tried.entry(task).or_insert_with(|| Tried {
+            hypertable: QualifiedName::new("?", "?"),
+            chunk: QualifiedName::new("?", "?"),
+            label: format!("task {task}"),
+            estimated: 0,
+            unrecorded: 0,
+        });
+        if count {
+            entry.unrecorded += 1;
+        }
+        entry.clone()
+    }
+
+    fn tried(&self, task: i64) -> Tried {
+        self.tried_with(task, false)
+    }
+
+    /// Record a failed attempt on fresh connections (the task's connection
+    /// was lost): only if no other worker has claimed the task meanwhile.
+    async fn failed_inner(&self, c: &Conns, task: i64, error: &Error) -> Result<Event> {
+        let chunk = self.tried(task).chunk;
+        // A chunk dropped on the source while we copied it is not a failure.
+        let (after, text) =
+            if !catalog::chunk_exists(&c.src, &self.ctx.source.features, &chunk).await? {
+                (
+                    AfterFailure::Skipped,
+                    "the source chunk no longer exists".to_string(),
+                )
+            } else if worker::retryable(error) {
+                (AfterFailure::Retry, error.to_string())
+            } else {
+                (AfterFailure::Failed, error.to_string())
+            };
+        match queue::record_failure(&c.tgt, task, after, &text, self.max_attempts).await? {
+            Some(recorded) => Ok(self.event(task, recorded, error.to_string())),
+            // Another worker has the task already: it is being tried again.
+            None => {
+                let t = self.tried_with(task, true);
+                Ok(Event::Failed {
+                    task,
+                    hypertable: t.hypertable,
+                    chunk: t.label,
+                    error: error.to_string(),
+                    final_attempt: false,
+                    attempt: t.unrecorded,
+                    estimated: t.estimated,
+                })
+            }
+        }
     }
 }
 
 impl Job for CopyJob {
     type Event = Event;
 
-    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError>> {
+    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError<Event>>> {
         self.step_inner(c).boxed()
     }
 
@@ -271,32 +396,117 @@ impl Job for CopyJob {
     }
 }
 
+/// `197,504 rows`, or `197,504 rows (in 214 compressed batches)`.
+pub fn rows_text(stats: &CopyStats) -> String {
+    if stats.batches > 0 {
+        format!(
+            "{} rows (in {} compressed batches)",
+            ui::count(stats.rows),
+            ui::count(stats.batches)
+        )
+    } else {
+        format!("{} rows", ui::count(stats.rows))
+    }
+}
+
+/// `12 task(s) for 10 chunk(s) (1 split into parts)`; `3 chunk(s)` when
+/// every task is a whole chunk.
+pub fn tasks_text(tasks: u64, chunks: u64, split: u64) -> String {
+    if split == 0 && tasks == chunks {
+        format!("{} chunk(s)", ui::count(tasks))
+    } else if split == 0 {
+        format!(
+            "{} task(s) for {} chunk(s)",
+            ui::count(tasks),
+            ui::count(chunks)
+        )
+    } else {
+        format!(
+            "{} task(s) for {} chunk(s) ({} split into parts)",
+            ui::count(tasks),
+            ui::count(chunks),
+            ui::count(split)
+        )
+    }
+}
+
+/// Per hypertable, what is known of the bytes to move: the source's table
+/// sizes of the tasks not finished yet, and of the finished ones with the
+/// bytes they moved (to project the rest, as `status` does).
+#[derive(Default)]
+struct Tally {
+    estimated_left: i64,
+    estimated_done: i64,
+    bytes_done: i64,
+}
+
+struct Projection {
+    tallies: HashMap<QualifiedName, Tally>,
+    /// Bytes moved by the tasks this run finished.
+    finished: u64,
+}
+
+impl Projection {
+    fn finish(&mut self, hypertable: &QualifiedName, estimated: u64, moved: Option<u64>) {
+        let t = self.tallies.entry(hypertable.clone()).or_default();
+        t.estimated_left = (t.estimated_left - estimated as i64).max(0);
+        if let Some(b) = moved {
+            t.estimated_done += estimated as i64;
+            t.bytes_done += b as i64;
+            self.finished += b;
+        }
+    }
+
+    /// The bytes this run moves in all: what it moved for finished tasks
+    /// plus the projection of the rest.
+    fn total(&self) -> u64 {
+        self.finished
+            + self
+                .tallies
+                .values()
+                .map(|t| {
+                    queue::projected_bytes_left(t.estimated_left, t.estimated_done, t.bytes_done)
+                        .max(0) as u64
+                })
+                .sum::<u64>()
+    }
+}
+
 pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let tgt = cfg.target.connect().await?;
     queue::require(&tgt).await?;
     // A queue staged by an older hyperfill gets the newer columns.
     queue::migrate(&tgt).await?;
     let src = cfg.source.connect().await?;
+    let source = catalog::extension(&src).await?;
+    let target = catalog::extension(&tgt).await?;
+    let invalidation = crate::copy::invalidation::strategy(&tgt, &target.features).await;
+    let moved = Arc::new(AtomicU64::new(0));
     let ctx = Context {
-        source: catalog::extension(&src).await?,
-        target: catalog::extension(&tgt).await?,
-        invalidation: crate::copy::invalidation::strategy(&tgt).await,
+        source,
+        target,
+        invalidation,
         rate: cfg
             .max_rate
             .map(|r| Arc::new(crate::copy::RateLimiter::new(r))),
+        moved: Some(moved.clone()),
     };
     catalog::ensure_compatible(&ctx.source, &ctx.target)?;
+    // The queue may predate this release: bring its schema up to date.
+    queue::migrate(&tgt).await?;
     if cfg.requeue_mismatched {
         let n = queue::requeue_mismatched(&tgt).await?;
         ui::line(&format!(
-            "Re-queued {n} chunk(s) that verify found different."
+            "Re-queued {n} task(s) that verify found different."
         ));
     }
+    // Tasks that failed in earlier runs get a fresh set of attempts.
+    queue::rearm_failed(&tgt, cfg.max_attempts).await?;
     let before = queue::counts(&tgt).await?;
     let todo = before.pending + before.failed;
     if todo == 0 {
         ui::line(&format!(
-            "Nothing to copy: all {} staged chunk(s) are done or skipped. Use `stage` to add more.",
+            "Nothing to copy: all {} staged task(s) are done or skipped. Use `stage` to add more.",
             before.total()
         ));
         let extras = crate::commands::left_behind::read(&tgt).await?;
@@ -308,78 +518,133 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             ..Default::default()
         });
     }
-    let run_started: SystemTime = tgt
-        .query_one("SELECT now()", &[], "reading the clock")
-        .await?
-        .get(0);
+    let (chunks, split) = queue::chunks_to_copy(&tgt).await?;
+    let queued = queue::status(&tgt, 0).await?.hypertables;
+    let caggs: HashMap<QualifiedName, String> = queued
+        .iter()
+        .filter_map(|h| Some((h.hypertable.clone(), h.continuous_aggregate.clone()?)))
+        .collect();
+    let mut projection = Projection {
+        tallies: queued
+            .iter()
+            .map(|h| {
+                (
+                    h.hypertable.clone(),
+                    Tally {
+                        estimated_left: h.source_bytes_left,
+                        estimated_done: h.source_bytes_done,
+                        bytes_done: h.bytes_copied,
+                    },
+                )
+            })
+            .collect(),
+        finished: 0,
+    };
     drop((src, tgt));
 
     let workers = cfg.parallelism.min(todo as usize).max(1);
     ui::line(&format!(
-        "Copying {} chunk(s) (~{} on the source) with {} worker(s)",
-        ui::count(todo),
-        ui::bytes(before.estimated_bytes_pending.max(0) as u64),
-        workers
+        "Copying {} with {} worker(s): ~{} to move (projected from the source's table sizes)",
+        tasks_text(todo, chunks, split),
+        workers,
+        ui::bytes(projection.total()),
     ));
     let job = Arc::new(CopyJob {
         ctx,
-        run_started,
         max_attempts: cfg.max_attempts,
         analyze: cfg.analyze,
         tried: Mutex::new(HashMap::new()),
     });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Workers' connections notice a stuck server (db/watch.rs).
     let pool_cfg = PoolConfig {
         workers,
-        source: cfg.source.clone(),
-        target: cfg.target.clone(),
+        source: cfg.source.watched(cfg.stall_timeout),
+        target: cfg.target.watched(cfg.stall_timeout),
         max_attempts: cfg.max_attempts,
     };
     let clock = Instant::now();
     let pool = tokio::spawn(worker::run(pool_cfg, job, shutdown.clone(), tx));
 
     let mut report = CopyReport::default();
-    let progress = ui::Progress::new(
-        "copying",
-        todo,
-        Some(before.estimated_bytes_pending.max(0) as u64),
-    );
-    let mut n = 0u64;
-    while let Some(ev) = rx.recv().await {
+    let mut per_ht: BTreeMap<QualifiedName, HypertableCopy> = BTreeMap::new();
+    let progress = ui::Progress::new("copying", todo, Some(projection.total()));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // Each task counts once towards the total, however many attempts it
+    // took; the total grows if tasks are staged during the run.
+    let mut finished = std::collections::HashSet::new();
+    let mut total = todo;
+    let mut count = |task: i64, progress: &ui::Progress| -> (u64, u64) {
+        if finished.insert(task) {
+            progress.advance();
+        }
+        let n = finished.len() as u64;
+        if n > total {
+            total = n;
+            progress.set_total(total);
+        }
+        (n, total)
+    };
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+            _ = tick.tick() => {
+                progress.bytes(moved.load(Ordering::Relaxed), projection.total());
+                continue;
+            }
+        };
         match ev {
             Event::Copied {
+                task,
+                hypertable,
                 chunk,
-                rows,
-                bytes,
+                stats,
                 elapsed,
                 estimated,
                 fallback,
             } => {
-                n += 1;
                 report.copied += 1;
-                report.rows += rows;
-                report.bytes += bytes;
-                progress.advance(estimated);
+                report.rows += stats.rows;
+                report.batches += stats.batches;
+                report.bytes += stats.bytes;
+                let h = share(&mut per_ht, &hypertable);
+                h.copied += 1;
+                h.rows += stats.rows;
+                h.batches += stats.batches;
+                h.bytes += stats.bytes;
+                projection.finish(&hypertable, estimated, Some(stats.bytes));
+                let (n, total) = count(task, &progress);
                 progress.line(&format!(
-                    "[{n}/{todo}] Copied chunk {chunk}: {} rows, {} in {}{}",
-                    ui::count(rows),
-                    ui::bytes(bytes),
+                    "[{n}/{total}] Copied chunk {chunk}: {}, {} in {}{}",
+                    rows_text(&stats),
+                    ui::bytes(stats.bytes),
                     ui::duration(elapsed),
-                    ui::rate(bytes, elapsed)
+                    ui::rate(stats.bytes, elapsed)
                 ));
                 if let Some(why) = fallback {
                     progress.line(&format!("  note: {why}"));
                 }
             }
-            Event::Skipped { chunk, estimated } => {
-                n += 1;
+            Event::Skipped {
+                task,
+                hypertable,
+                chunk,
+                estimated,
+            } => {
                 report.skipped += 1;
-                progress.advance(estimated);
+                share(&mut per_ht, &hypertable).skipped += 1;
+                projection.finish(&hypertable, estimated, None);
+                let (n, total) = count(task, &progress);
                 progress.line(&format!(
-                    "[{n}/{todo}] Skipped chunk {chunk}: it no longer exists on the source"
+                    "[{n}/{total}] Skipped chunk {chunk}: it no longer exists on the source"
                 ));
             }
             Event::Failed {
+                task,
+                hypertable,
                 chunk,
                 error,
                 final_attempt,
@@ -387,64 +652,98 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                 estimated,
             } => {
                 if final_attempt {
-                    n += 1;
                     report.failed += 1;
-                    progress.advance(estimated);
+                    share(&mut per_ht, &hypertable).failed += 1;
+                    projection.finish(&hypertable, estimated, None);
+                    let (n, total) = count(task, &progress);
                     progress.line(&format!(
-                        "[{n}/{todo}] FAILED chunk {chunk} (attempt {attempt}): {error}"
+                        "[{n}/{total}] FAILED chunk {chunk} (attempt {attempt}): {error}"
                     ));
-                } else {
+                } else if attempt > 0 {
+                    report.retries += 1;
                     progress.line(&format!(
                         "Retrying chunk {chunk} after attempt {attempt} failed: {error}"
                     ));
+                } else {
+                    report.retries += 1;
+                    progress.line(&format!("Retrying chunk {chunk}: {error}"));
                 }
             }
         }
+        progress.bytes(moved.load(Ordering::Relaxed), projection.total());
     }
     progress.finish();
     let pool_result = pool
         .await
         .unwrap_or_else(|e| Err(Error::Internal(format!("the worker pool crashed: {e}"))));
     report.seconds = clock.elapsed().as_secs_f64();
+    report.hypertables = per_ht
+        .into_values()
+        .map(|mut h| {
+            h.continuous_aggregate = caggs.get(&h.hypertable).cloned();
+            h
+        })
+        .collect();
+    // Abandoned: the second signal dropped chunks in flight (not merely
+    // arrived after they had finished).
+    let abandoned = matches!(pool_result, Err(Error::Interrupted { abandoned: true }));
+    let stopped = shutdown.graceful.is_cancelled();
 
-    // The queue is the truth (other copy processes may share it).
-    let after = match cfg.target.connect().await {
-        Ok(tgt) => Some((queue::counts(&tgt).await?, queue::failed_tasks(&tgt).await?)),
-        Err(_) => None,
+    // The queue is the truth (other copy processes may share it). After a
+    // signal, do not wait long for it.
+    let read_after = async {
+        let tgt = cfg.target.connect().await?;
+        Ok::<_, Error>((queue::counts(&tgt).await?, queue::failed_tasks(&tgt).await?))
+    };
+    let after = if stopped {
+        tokio::time::timeout(std::time::Duration::from_secs(2), read_after)
+            .await
+            .ok()
+            .and_then(Result::ok)
+    } else {
+        read_after.await.ok()
     };
     if let Some((c, _)) = &after {
         report.remaining = c.pending;
-        if c.pending > 0 && !shutdown.graceful.is_cancelled() {
+        if c.pending > 0 && !stopped {
             // Nothing was left for this run to claim: the rest is locked by
             // other copy processes, or by sessions the server has not yet
             // seen close (a killed copy's, for a moment).
             ui::line(&format!(
-                "{} chunk(s) are still being copied by another copy process (see `hyperfill status`); \
+                "{} task(s) are still being copied by another copy process (see `hyperfill status`); \
                  run copy again if none is running.",
                 c.pending
             ));
         }
     }
-    ui::line(&format!(
-        "Copied {} from {} chunk(s) ({} rows) in {}{}; {} skipped, {} failed.",
-        ui::bytes(report.bytes),
-        ui::count(report.copied),
-        ui::count(report.rows),
-        ui::duration(clock.elapsed()),
-        ui::rate(report.bytes, clock.elapsed()),
-        report.skipped,
-        report.failed,
-    ));
-    pool_result?;
-    if shutdown.graceful.is_cancelled() && report.remaining > 0 {
-        return Err(Error::Interrupted);
+    if abandoned {
+        ui::line("Abandoned the in-flight chunk(s) at the second ctrl-c: their transactions rolled back.");
+    } else if stopped {
+        ui::line(&format!(
+            "Stopped after finishing the in-flight chunk(s){}.",
+            match &after {
+                Some((c, _)) => format!("; {} task(s) left for the next run", c.pending),
+                None => String::new(),
+            }
+        ));
+    }
+    print_summary(&report, clock.elapsed());
+    match pool_result {
+        Err(Error::Interrupted { .. }) => return Err(Error::Interrupted { abandoned }),
+        r => r?,
+    }
+    if stopped && (report.remaining > 0 || after.is_none()) {
+        return Err(Error::Interrupted { abandoned });
     }
     if let Some((c, failed)) = after {
         if c.failed > 0 {
             for (chunk, err) in failed.iter().take(20) {
                 ui::line(&format!("  failed: {chunk}: {err}"));
             }
-            return Err(Error::TasksFailed { failed: c.failed });
+            return Err(Error::TasksFailed {
+                failed: c.failed,
+                report: serde_json::to_value(&report).unwrap_or_default(),
+            });
         }
     }
     if let Ok(tgt) = cfg.target.connect().await {
@@ -456,4 +755,105 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     }
     ui::line("Execute the 'verify' command to check the copied data.");
     Ok(report)
+}
+
+/// A hypertable's share of the run, created on first use.
+fn share<'a>(
+    per_ht: &'a mut BTreeMap<QualifiedName, HypertableCopy>,
+    ht: &QualifiedName,
+) -> &'a mut HypertableCopy {
+    per_ht.entry(ht.clone()).or_insert_with(|| HypertableCopy {
+        hypertable: ht.clone(),
+        ..Default::default()
+    })
+}
+
+/// The closing lines: totals, then one line per hypertable when there are
+/// several.
+fn print_summary(report: &CopyReport, elapsed: Duration) {
+    let totals = CopyStats {
+        rows: report.rows,
+        batches: report.batches,
+        bytes: report.bytes,
+    };
+    ui::line(&format!(
+        "Copied {}, {}, in {} task(s) in {}{}; {} skipped, {} failed.",
+        rows_text(&totals),
+        ui::bytes(report.bytes),
+        ui::count(report.copied),
+        ui::duration(elapsed),
+        ui::rate(report.bytes, elapsed),
+        report.skipped,
+        report.failed,
+    ));
+    if report.hypertables.len() > 1 {
+        for h in &report.hypertables {
+            let stats = CopyStats {
+                rows: h.rows,
+                batches: h.batches,
+                bytes: h.bytes,
+            };
+            let name = match &h.continuous_aggregate {
+                Some(v) => format!("{v} (continuous aggregate)"),
+                None => h.hypertable.to_string(),
+            };
+            let mut line = format!(
+                "  {name}: {}, {} in {} task(s)",
+                rows_text(&stats),
+                ui::bytes(h.bytes),
+                ui::count(h.copied)
+            );
+            if h.skipped > 0 || h.failed > 0 {
+                line.push_str(&format!("; {} skipped, {} failed", h.skipped, h.failed));
+            }
+            ui::line(&line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_and_chunks_are_told_apart() {
+        assert_eq!(tasks_text(10, 10, 0), "10 chunk(s)");
+        assert_eq!(
+            tasks_text(198, 150, 12),
+            "198 task(s) for 150 chunk(s) (12 split into parts)"
+        );
+        assert_eq!(tasks_text(3, 2, 0), "3 task(s) for 2 chunk(s)");
+        let stats = CopyStats {
+            rows: 197_504,
+            batches: 214,
+            bytes: 1,
+        };
+        assert_eq!(
+            rows_text(&stats),
+            "197,504 rows (in 214 compressed batches)"
+        );
+    }
+
+    #[test]
+    fn the_projected_total_follows_what_tasks_move() {
+        let ht = QualifiedName::new("public", "m");
+        let mut p = Projection {
+            tallies: HashMap::from([(
+                ht.clone(),
+                Tally {
+                    estimated_left: 1000,
+                    estimated_done: 0,
+                    bytes_done: 0,
+                },
+            )]),
+            finished: 0,
+        };
+        assert_eq!(p.total(), 1000);
+        // A task estimated at 500 moved 250: the other 500 will move ~250.
+        p.finish(&ht, 500, Some(250));
+        assert_eq!(p.total(), 500);
+        // A task that failed for good moves nothing more.
+        p.finish(&ht, 500, None);
+        assert_eq!(p.total(), 250);
+    }
 }

@@ -154,6 +154,8 @@ pub struct StatusReport {
 pub async fn status(target: &ConnInfo, errors: i64) -> Result<StatusReport> {
     let tgt = target.connect().await?;
     queue::require(&tgt).await?;
+    // A queue staged by an older release lacks newer columns.
+    queue::migrate(&tgt).await?;
     let st = queue::status(&tgt, errors.max(0)).await?;
     let extras = left_behind::read(&tgt).await?;
     if !ui::json_mode() {

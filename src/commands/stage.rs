@@ -8,7 +8,7 @@ use crate::copy::target_chunk;
 use crate::db::ConnInfo;
 use crate::error::{Error, Result};
 use crate::ident::QualifiedName;
-use crate::plan::{self, NewTask, Restage, TaskWindow};
+use crate::plan::{self, Action, NewTask, TaskWindow};
 use crate::queue::{self, StagedTask};
 use crate::ui;
 
@@ -22,29 +22,67 @@ pub struct StageConfig {
     pub dry_run: bool,
 }
 
-/// What a stage did.
+/// What a stage did (or, with `--dry-run`, would do). Figures count tasks
+/// unless named chunks: a chunk far larger than the others is split into
+/// several tasks ("parts").
 #[derive(Debug, Default, serde::Serialize)]
 pub struct StageReport {
+    pub dry_run: bool,
+    /// New tasks inserted (would be, in a dry run).
     pub staged: u64,
+    /// The chunks the new tasks belong to, and how many are split into parts.
+    pub chunks: u64,
+    pub split_chunks: u64,
+    /// Chunks whose queued task is re-queued with a wider range.
     pub requeued: u64,
+    /// Tasks already queued with the same or a wider range.
     pub already_staged: u64,
     pub hypertables: usize,
+    /// The source's table sizes (heap and TOAST, no indexes) of what is
+    /// staged: the basis of every estimate of bytes to move.
     pub estimated_bytes: i64,
     pub chunks_created: u64,
-    /// Bounds far outside a hypertable's data, with what they selected.
+    /// Every task of this stage and what it does (dry run only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<ListedTask>,
+    /// How a bound was read (a timestamptz without UTC offset).
+    pub notes: Vec<String>,
+    /// What widening replaces on the target.
     pub warnings: Vec<String>,
+}
+
+/// One task of a dry run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListedTask {
+    /// `new`, `widen` or `already staged` (`part of widened`: another part
+    /// of a split chunk re-queued as one task).
+    pub action: &'static str,
+    pub hypertable: QualifiedName,
+    pub continuous_aggregate: Option<QualifiedName>,
+    pub chunk: QualifiedName,
+    pub part: i32,
+    /// The chunk's time range, as text of its time type.
+    pub range: [String; 2],
+    pub estimated_bytes: i64,
+    /// The row filter this task copies with (`None`: the whole chunk).
+    pub filter: Option<String>,
+    /// For `widen`: the ranges copied again beyond the queued task's.
+    pub added_ranges: Vec<[String; 2]>,
 }
 
 /// The human summary of a stage that changed or found something.
 pub fn print_summary(report: &StageReport) {
     if report.already_staged > 0 {
         ui::line(&format!(
-            "Skipping {} chunk(s) that were already staged with the same or a wider range.",
+            "Skipping {} task(s) already staged with the same or a wider range.",
             report.already_staged
         ));
     }
     let requeued = if report.requeued > 0 {
-        format!(" and re-queued {} with a wider range", report.requeued)
+        format!(
+            " and re-queued {} chunk(s) with a wider range",
+            report.requeued
+        )
     } else {
         String::new()
     };
@@ -57,8 +95,8 @@ pub fn print_summary(report: &StageReport) {
         String::new()
     };
     ui::line(&format!(
-        "Staged {} chunk(s) to copy{requeued} from {} hypertable(s), ~{} on the source{created}.",
-        report.staged,
+        "Staged {}{requeued} from {} hypertable(s), ~{} of table data on the source{created}.",
+        crate::commands::copy::tasks_text(report.staged, report.chunks, report.split_chunks),
         report.hypertables,
         ui::bytes(report.estimated_bytes.max(0) as u64),
     ));
@@ -120,7 +158,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
         })?;
     }
     let hypertables = catalog::selected_hypertables(&src, &cfg.selection).await?;
-    let chunks = catalog::source_chunks(&src, &cfg.selection).await?;
+    let chunks = catalog::source_chunks(&src, &source_ext.features, &cfg.selection).await?;
     let inventory = crate::commands::left_behind::source_inventory(&src).await?;
     src.batch("COMMIT", "ending a transaction").await?;
     if hypertables.is_empty() {
@@ -140,7 +178,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
         });
     }
 
-    let windows = bounds::parse_windows(
+    let (windows, bound_notes) = bounds::parse_windows(
         &src,
         &source_ext,
         &hypertables,
@@ -150,34 +188,27 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     .await?;
     let tasks = plan::split_huge(plan::tasks_for(&chunks, &windows));
     let warnings = bound_warnings(&chunks, &windows);
-    for w in &warnings {
-        ui::line(&format!("WARNING: {w}"));
-    }
 
     // Everything that can refuse the stage is checked before anything is
     // created on the target (the queue schema, chunks).
     check_source_privileges(&src, &tasks).await?;
     check_target_hypertables(&src, &tgt, &tasks).await?;
-    check_compression_settings(&src, &tgt, &tasks).await?;
-    check_chunk_shapes(&tgt, &tasks).await?;
+    check_compression_settings(&src, &tgt, &source_ext.features, &tasks).await?;
+    check_chunk_shapes(&tgt, &target_ext.features, &tasks).await?;
 
+    for n in &bound_notes {
+        ui::line(&format!("Note: {n}"));
+    }
     let mut report = StageReport {
-        hypertables: tasks
-            .iter()
-            .map(|t| &t.chunk.hypertable)
-            .collect::<BTreeSet<_>>()
-            .len(),
-        estimated_bytes: tasks.iter().map(|t| t.chunk.size_bytes).sum(),
+        dry_run: cfg.dry_run,
+        notes: bound_notes,
         warnings,
         ..Default::default()
     };
-
-    if cfg.dry_run {
-        ui::print_dry_run(&tasks);
-        report.staged = tasks.len() as u64;
-        return Ok(report);
-    }
     if tasks.is_empty() {
+        for w in &report.warnings {
+            ui::line(&format!("Warning: {w}"));
+        }
         ui::line(&format!(
             "No chunks to stage: {} hypertable(s) matched, none has chunks before --until.",
             hypertables.len()
@@ -185,46 +216,66 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
         return Ok(report);
     }
 
-    queue::migrate(&tgt).await?;
-    // Held until this connection closes: concurrent stages take turns, so
-    // none works from windows another is about to change.
-    queue::lock(&tgt).await?;
-    // What the source has, and what this stage selected: `status`, `copy`
-    // and `verify` list what no stage selected.
-    let selected: std::collections::HashSet<QualifiedName> =
-        hypertables.iter().map(|h| h.hypertable.clone()).collect();
-    queue::record_source_hypertables(&tgt, &inventory, &selected).await?;
-    let existing = queue::task_windows(&tgt).await?;
+    // What is queued already. A dry run reads it without the lock (and
+    // without creating the queue); the real run holds the queue's lock from
+    // here to the enqueue, so concurrent stages take turns and none works
+    // from windows another is about to change.
+    let existing = if cfg.dry_run {
+        if queue::exists(&tgt).await? {
+            queue::task_windows(&tgt).await?
+        } else {
+            HashMap::new()
+        }
+    } else {
+        queue::migrate(&tgt).await?;
+        queue::lock(&tgt).await?;
+        // What the source has, and what this stage selected: `status`,
+        // `copy` and `verify` list what no stage selected.
+        let selected: std::collections::HashSet<QualifiedName> =
+            hypertables.iter().map(|h| h.hypertable.clone()).collect();
+        queue::record_source_hypertables(&tgt, &inventory, &selected).await?;
+        queue::task_windows(&tgt).await?
+    };
+    let actions = plan::classify(&tasks, &existing);
     let mut new = Vec::new();
     let mut widened = Vec::new();
     let mut widened_chunks = std::collections::HashSet::new();
-    for t in &tasks {
-        let window = TaskWindow {
-            lower: t.lower.clone(),
-            upper: t.upper.clone(),
-        };
-        match existing.get(&t.chunk.chunk) {
-            None => new.push((t, window)),
-            Some(old) => {
-                // The parts of a split chunk stand for the whole chunk.
-                let chunk_window = if t.part > 0 {
-                    TaskWindow {
-                        lower: None,
-                        upper: None,
-                    }
-                } else {
-                    window
-                };
-                match plan::restage(old, &chunk_window) {
-                    Restage::Covered => report.already_staged += 1,
-                    Restage::Widen(w) => {
-                        if widened_chunks.insert(t.chunk.chunk.clone()) {
-                            widened.push((t, w));
-                        }
-                    }
-                }
+    for (t, a) in tasks.iter().zip(&actions) {
+        match a {
+            Action::New => new.push((
+                t,
+                TaskWindow {
+                    lower: t.lower.clone(),
+                    upper: t.upper.clone(),
+                },
+            )),
+            Action::Widen { window, .. } => {
+                widened_chunks.insert(t.chunk.chunk.clone());
+                widened.push((t, window.clone()));
+            }
+            Action::Covered => report.already_staged += 1,
+            Action::Merged => {}
+        }
+    }
+    report
+        .warnings
+        .extend(widening_warnings(&tasks, &actions, &windows));
+    count_new(&mut report, &new, &widened);
+
+    if cfg.dry_run {
+        report.staged = new.len() as u64;
+        report.tasks = listing(&tasks, &actions);
+        if !ui::json_mode() {
+            ui::print_dry_run(&report);
+        } else {
+            for w in &report.warnings {
+                ui::line(&format!("Warning: {w}"));
             }
         }
+        return Ok(report);
+    }
+    for w in &report.warnings {
+        ui::line(&format!("Warning: {w}"));
     }
 
     // Create missing target chunks now, each in its own short transaction,
@@ -236,7 +287,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
         by_ht.entry(&t.chunk.hypertable).or_default().push(&t.chunk);
     }
     for (ht, chunks) in by_ht {
-        let known: HashMap<_, _> = catalog::target_chunks_by_slices(&tgt, ht)
+        let known: HashMap<_, _> = catalog::target_chunks_by_slices(&tgt, &target_ext.features, ht)
             .await?
             .into_iter()
             .collect();
@@ -272,7 +323,8 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
             continue;
         };
         if whole && t.chunk.compressed_chunk.is_some() && target_ext.is_community() {
-            let state = crate::copy::compressed::chunk_state(&tgt, target).await?;
+            let state =
+                crate::copy::compressed::chunk_state(&tgt, &target_ext.features, target).await?;
             if matches!(state, Some(s) if s.compressed.is_none()) {
                 crate::copy::compressed::precreate(&tgt, &target_ext, target).await?;
             }
@@ -309,21 +361,11 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
             },
         }
     };
-    report.hypertables = new
-        .iter()
-        .chain(widened.iter())
-        .map(|(t, _)| &t.chunk.hypertable)
-        .collect::<BTreeSet<_>>()
-        .len();
-    report.estimated_bytes = new
-        .iter()
-        .chain(widened.iter())
-        .map(|(t, _)| t.chunk.size_bytes)
-        .sum();
     let new_rows: Vec<_> = new.iter().map(|(t, w)| staged(t, w)).collect();
     let widened_rows: Vec<_> = widened.iter().map(|(t, w)| staged(t, w)).collect();
     let inserted = queue::enqueue(&tgt, &new_rows, &widened_rows).await?;
-    // A concurrent stage may have inserted some of the same chunks first.
+    // A concurrent stage may have inserted some of the same chunks first
+    // (only without the lock, which this run holds: kept as a safeguard).
     report.already_staged += new_rows.len() as u64 - inserted;
     report.staged = inserted;
     report.requeued = widened_rows.len() as u64;
@@ -389,6 +431,166 @@ pub fn bound_warnings(
                 ));
             }
         }
+    }
+    out
+}
+
+/// Count what the stage adds: tasks, chunks, split chunks, hypertables and
+/// the estimated size (new and widened).
+fn count_new(
+    report: &mut StageReport,
+    new: &[(&NewTask, TaskWindow)],
+    widened: &[(&NewTask, TaskWindow)],
+) {
+    let chunks: BTreeSet<_> = new.iter().map(|(t, _)| &t.chunk.chunk).collect();
+    let split: BTreeSet<_> = new
+        .iter()
+        .filter(|(t, _)| t.part > 0)
+        .map(|(t, _)| &t.chunk.chunk)
+        .collect();
+    report.chunks = chunks.len() as u64;
+    report.split_chunks = split.len() as u64;
+    report.staged = new.len() as u64;
+    report.requeued = widened.len() as u64;
+    report.hypertables = new
+        .iter()
+        .chain(widened)
+        .map(|(t, _)| &t.chunk.hypertable)
+        .collect::<BTreeSet<_>>()
+        .len();
+    report.estimated_bytes = new
+        .iter()
+        .chain(widened)
+        .map(|(t, _)| t.chunk.size_bytes)
+        .sum();
+}
+
+/// The dry run's listing: every task and what the stage does with it.
+fn listing(tasks: &[NewTask], actions: &[Action]) -> Vec<ListedTask> {
+    tasks
+        .iter()
+        .zip(actions)
+        .map(|(t, a)| {
+            let render = |v: i64| ui::internal_time(t.time_type, v);
+            let (action, added) = match a {
+                Action::New => ("new", Vec::new()),
+                Action::Widen { old, window } => (
+                    "widen",
+                    plan::added_ranges(old, window, (t.chunk.time_start, t.chunk.time_end))
+                        .into_iter()
+                        .map(|(a, b)| [render(a), render(b)])
+                        .collect(),
+                ),
+                Action::Covered => ("already staged", Vec::new()),
+                Action::Merged => ("part of widened", Vec::new()),
+            };
+            let (lower, upper) = match a {
+                Action::Widen { window, .. } => (window.lower.clone(), window.upper.clone()),
+                _ => (t.lower.clone(), t.upper.clone()),
+            };
+            ListedTask {
+                action,
+                hypertable: t.chunk.hypertable.clone(),
+                continuous_aggregate: t.chunk.cagg.clone(),
+                chunk: t.chunk.chunk.clone(),
+                part: if matches!(a, Action::Widen { .. }) {
+                    0
+                } else {
+                    t.part
+                },
+                range: [render(t.chunk.time_start), render(t.chunk.time_end)],
+                estimated_bytes: t.chunk.size_bytes,
+                filter: plan::filter_sql(
+                    &t.chunk.time_column,
+                    t.time_type,
+                    lower.as_ref().map(|b| b.literal.as_str()),
+                    upper.as_ref().map(|b| b.literal.as_str()),
+                ),
+                added_ranges: added,
+            }
+        })
+        .collect()
+}
+
+/// What widening replaces on the target. A chunk staged before with an
+/// earlier --until (or a later --from) is copied again over the range
+/// between the old and the new bound, and so are the new chunks in that
+/// range: copy deletes the target's rows there, dual-written ones included,
+/// and puts the source's in their place. One warning per old bound.
+fn widening_warnings(
+    tasks: &[NewTask],
+    actions: &[Action],
+    windows: &HashMap<catalog::TimeType, plan::Window>,
+) -> Vec<String> {
+    // A continuous aggregate's materialization is named by its view.
+    let label = |t: &NewTask| match &t.chunk.cagg {
+        Some(v) => format!("continuous aggregate {v}"),
+        None => t.chunk.hypertable.to_string(),
+    };
+    // (time type, moved side, old bound) -> (hypertables, widened chunks, old internal)
+    type Key = (catalog::TimeType, &'static str, String);
+    let mut groups: BTreeMap<Key, (BTreeSet<String>, u64, i64)> = BTreeMap::new();
+    for (t, a) in tasks.iter().zip(actions) {
+        let Action::Widen { old, window } = a else {
+            continue;
+        };
+        if let Some(u) = &old.upper {
+            if !matches!(&window.upper, Some(n) if n.internal <= u.internal) {
+                let g = groups
+                    .entry((t.time_type, "until", u.literal.clone()))
+                    .or_insert_with(|| (BTreeSet::new(), 0, u.internal));
+                g.0.insert(label(t));
+                g.1 += 1;
+            }
+        }
+        if let Some(l) = &old.lower {
+            if !matches!(&window.lower, Some(n) if n.internal >= l.internal) {
+                let g = groups
+                    .entry((t.time_type, "from", l.literal.clone()))
+                    .or_insert_with(|| (BTreeSet::new(), 0, l.internal));
+                g.0.insert(label(t));
+                g.1 += 1;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for ((tt, side, old), (hts, widened, old_internal)) in groups {
+        let Some(w) = windows.get(&tt) else { continue };
+        // New chunks of the same hypertables inside the moved range.
+        let in_range = |t: &NewTask| match side {
+            "until" => t.chunk.time_end > old_internal && t.chunk.time_start < w.until.internal,
+            _ => t.chunk.time_start < old_internal,
+        };
+        let new_chunks: BTreeSet<_> = tasks
+            .iter()
+            .zip(actions)
+            .filter(|(t, a)| **a == Action::New && hts.contains(&label(t)) && in_range(t))
+            .map(|(t, _)| &t.chunk.chunk)
+            .collect();
+        let range = match side {
+            "until" => format!("[{old}, {})", w.until.literal),
+            _ => format!(
+                "[{}, {old})",
+                w.from
+                    .as_ref()
+                    .map(|f| f.literal.clone())
+                    .unwrap_or_else(|| "the beginning".into())
+            ),
+        };
+        let names: Vec<_> = hts.into_iter().collect();
+        out.push(format!(
+            "{} {} staged before with --{side} {old}. This stage widens {widened} chunk(s){}: \
+             copy will delete the target's rows in {range}, including what dual-writes put \
+             there, and copy the source's instead. Only do this if that range no longer \
+             receives writes on the target alone.",
+            names.join(", "),
+            if names.len() == 1 { "was" } else { "were" },
+            if new_chunks.is_empty() {
+                String::new()
+            } else {
+                format!(" and adds {} new chunk(s) in that range", new_chunks.len())
+            },
+        ));
     }
     out
 }
@@ -536,14 +738,18 @@ async fn check_source_privileges(src: &crate::db::Db, tasks: &[NewTask]) -> Resu
 /// A source chunk with no target chunk of exactly its slices is created on
 /// the target; a target chunk that overlaps it with other slices would make
 /// that fail half-way through the stage. Refuse before creating anything.
-async fn check_chunk_shapes(tgt: &crate::db::Db, tasks: &[NewTask]) -> Result<()> {
+async fn check_chunk_shapes(
+    tgt: &crate::db::Db,
+    features: &catalog::Features,
+    tasks: &[NewTask],
+) -> Result<()> {
     let mut by_ht: BTreeMap<&QualifiedName, Vec<&SourceChunk>> = BTreeMap::new();
     for t in tasks {
         by_ht.entry(&t.chunk.hypertable).or_default().push(&t.chunk);
     }
     let mut problems = Vec::new();
     for (ht, chunks) in by_ht {
-        let known = catalog::target_chunks_by_slices(tgt, ht).await?;
+        let known = catalog::target_chunks_by_slices(tgt, features, ht).await?;
         let mut reported = BTreeSet::new();
         for c in chunks {
             if known.iter().any(|(slices, _)| slices == &c.slices) {
@@ -588,6 +794,7 @@ fn overlaps(a: &[catalog::Slice], b: &[catalog::Slice]) -> bool {
 async fn check_compression_settings(
     src: &crate::db::Db,
     tgt: &crate::db::Db,
+    source_features: &catalog::Features,
     tasks: &[NewTask],
 ) -> Result<()> {
     let mut first: BTreeMap<&QualifiedName, &SourceChunk> = BTreeMap::new();
@@ -598,8 +805,15 @@ async fn check_compression_settings(
     }
     let mut problems = Vec::new();
     for (ht, chunk) in first {
-        let mut keys = vec![&chunk.chunk];
-        keys.extend(chunk.compressed_chunk.as_ref());
+        // The chunk's own settings first (recorded at compression), then
+        // the hypertable's.
+        let mut keys = Vec::new();
+        match source_features.settings_key {
+            catalog::compat::SettingsKey::Chunk => keys.push(&chunk.chunk),
+            catalog::compat::SettingsKey::CompressedChunk => {
+                keys.extend(chunk.compressed_chunk.as_ref())
+            }
+        }
         keys.push(ht);
         let source = catalog::compression_settings(src, &keys).await?;
         let target = catalog::compression_settings(tgt, &[ht]).await?;

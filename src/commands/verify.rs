@@ -13,7 +13,7 @@ use crate::db::ConnInfo;
 use crate::error::{Error, Result};
 use crate::queue::{self, VerifyState};
 use crate::ui;
-use crate::verify::{self, Outcome};
+use crate::verify::{self, Mismatch, Outcome};
 use crate::worker::{self, Conns, Job, PoolConfig, Shutdown, Step, StepError};
 
 pub struct VerifyConfig {
@@ -23,6 +23,9 @@ pub struct VerifyConfig {
     pub all: bool,
 }
 
+/// What a verify run found. `mismatched` counts this run's; `mismatches`
+/// lists every task whose last verification found a difference, this run's
+/// or an earlier one's (the exit code reflects them all).
 #[derive(Debug, Default, serde::Serialize)]
 pub struct VerifyReport {
     pub matched: u64,
@@ -34,6 +37,43 @@ pub struct VerifyReport {
     pub caggs_mismatched: u64,
     #[serde(flatten)]
     pub extras: crate::commands::left_behind::Extras,
+    pub mismatches: Vec<queue::MismatchedTask>,
+}
+
+/// Fail with exit code 7, carrying the report (for `--output json`), when
+/// any mismatch is on record.
+async fn finish(target: &ConnInfo, mut report: VerifyReport) -> Result<VerifyReport> {
+    let (recorded, caggs) = match target.connect().await {
+        Ok(tgt) => (
+            queue::mismatched_tasks(&tgt).await?,
+            queue::cagg_refreshes(&tgt)
+                .await?
+                .iter()
+                .filter(|r| r.verify_state.as_deref() == Some("mismatch"))
+                .count() as u64,
+        ),
+        Err(_) => (Vec::new(), report.caggs_mismatched),
+    };
+    let mismatched = (recorded.len() as u64).max(report.mismatched) + caggs;
+    report.mismatches = recorded;
+    if mismatched > 0 {
+        for m in report.mismatches.iter().take(20) {
+            ui::line(&format!("  mismatch: {}: {}", chunk_label(m), m.message));
+        }
+        return Err(Error::VerifyMismatch {
+            mismatched,
+            report: serde_json::to_value(&report).unwrap_or_default(),
+        });
+    }
+    Ok(report)
+}
+
+fn chunk_label(m: &queue::MismatchedTask) -> String {
+    if m.part > 0 {
+        format!("{} (part {})", m.chunk, m.part)
+    } else {
+        m.chunk.to_string()
+    }
 }
 
 pub enum Event {
@@ -42,12 +82,15 @@ pub enum Event {
 }
 
 struct VerifyJob {
+    /// The two sides' TimescaleDB releases.
+    source: crate::catalog::Features,
+    target: crate::catalog::Features,
     /// Chunk and attempts of every task this process tried.
     tried: Mutex<HashMap<i64, (String, u32)>>,
 }
 
 impl VerifyJob {
-    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError> {
+    async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError<Event>> {
         c.tgt.batch("BEGIN", "starting a transaction").await?;
         let Some(task) = queue::claim_verify(&c.tgt).await? else {
             c.tgt.batch("ROLLBACK", "ending a transaction").await?;
@@ -61,24 +104,26 @@ impl VerifyJob {
         let fail = |error: Error| StepError {
             task: Some(task.id),
             error,
+            recorded: None,
         };
         begin_source(&c.src, &task).await.map_err(fail)?;
-        let outcome = verify::verify_task(&c.src, &c.tgt, &task)
+        let outcome = verify::verify_task(&c.src, &c.tgt, (&self.source, &self.target), &task)
             .await
             .map_err(fail)?;
-        let (state, message) = match &outcome {
-            Outcome::Match { rows } => (VerifyState::Match, format!("{rows} rows match")),
-            Outcome::Mismatch(m) => (VerifyState::Mismatch, m.clone()),
+        let (state, message, details) = match &outcome {
+            Outcome::Match { rows } => (VerifyState::Match, format!("{rows} rows match"), None),
+            Outcome::Mismatch(m) => (VerifyState::Mismatch, m.message.clone(), Some(m.details())),
             Outcome::SourceGone => (
                 VerifyState::Skipped,
                 "the source chunk no longer exists".into(),
+                None,
             ),
         };
         c.src
             .batch("COMMIT", "ending a transaction")
             .await
             .map_err(fail)?;
-        queue::complete_verify(&c.tgt, task.id, state, &message)
+        queue::complete_verify(&c.tgt, task.id, state, &message, details.as_ref())
             .await
             .map_err(fail)?;
         c.tgt
@@ -109,11 +154,18 @@ impl VerifyJob {
                 error: error.to_string(),
             });
         }
-        let message = format!("could not be verified: {error}");
-        queue::complete_verify(&c.tgt, task, VerifyState::Mismatch, &message).await?;
+        let mismatch = Mismatch::unreadable(format!("could not be verified: {error}"));
+        queue::complete_verify(
+            &c.tgt,
+            task,
+            VerifyState::Mismatch,
+            &mismatch.message,
+            Some(&mismatch.details()),
+        )
+        .await?;
         Ok(Event::Done {
             chunk,
-            outcome: Outcome::Mismatch(message),
+            outcome: Outcome::Mismatch(mismatch),
         })
     }
 }
@@ -123,7 +175,7 @@ const MAX_ATTEMPTS: u32 = 5;
 impl Job for VerifyJob {
     type Event = Event;
 
-    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError>> {
+    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError<Event>>> {
         self.step_inner(c).boxed()
     }
 
@@ -140,11 +192,11 @@ impl Job for VerifyJob {
 pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> {
     let tgt = cfg.target.connect().await?;
     queue::require(&tgt).await?;
-    // A queue staged by an older hyperfill gets the newer columns.
+    // A queue staged by an older release lacks newer columns.
     queue::migrate(&tgt).await?;
     let src = cfg.source.connect().await?;
     // Both sides must have TimescaleDB (a clear error otherwise).
-    catalog::extension(&src).await?;
+    let source_ext = catalog::extension(&src).await?;
     let target_ext = catalog::extension(&tgt).await?;
     if cfg.all {
         queue::reset_verify(&tgt).await?;
@@ -152,72 +204,47 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     }
     let before = queue::counts(&tgt).await?;
     let todo = before.verify_pending;
-    let mut report = VerifyReport::default();
     if todo == 0 {
         ui::line(&format!(
-            "Nothing to verify: {} chunk(s) verified ({} mismatched), {} not copied yet. \
-             Use --all to verify every copied chunk again.",
+            "Nothing to verify: {} task(s) verified ({} mismatched), {} not copied yet. \
+             Use --all to verify every copied task again.",
             before.verified_match + before.verified_mismatch,
             before.verified_mismatch,
             before.pending + before.failed
         ));
-    } else {
-        verify_chunks(&cfg, todo, &shutdown, &mut report).await?;
+        let mut report = VerifyReport::default();
+        views_and_left_behind(&src, &tgt, &target_ext, &mut report).await?;
+        drop((src, tgt));
+        return finish(&cfg.target, report).await;
     }
-    if !shutdown.graceful.is_cancelled() {
-        verify_caggs(&src, &tgt, &target_ext, &mut report).await?;
-    }
-    report.extras = crate::commands::left_behind::read(&tgt).await?;
-    crate::commands::left_behind::print(&report.extras);
-
-    // The exit code reflects every mismatch on record, this run's or earlier.
-    let recorded = queue::counts(&tgt).await?.verified_mismatch;
-    let caggs_recorded = queue::cagg_refreshes(&tgt)
-        .await?
-        .iter()
-        .filter(|r| r.verify_state.as_deref() == Some("mismatch"))
-        .count() as u64;
-    if recorded + caggs_recorded > 0 {
-        return Err(Error::VerifyMismatch {
-            mismatched: recorded + caggs_recorded,
-        });
-    }
-    if shutdown.graceful.is_cancelled() {
-        return Err(Error::Interrupted);
-    }
-    ui::line("Execute the 'clean' command to remove hyperfill's queue from the target.");
-    Ok(report)
-}
-
-/// The chunk phase: N workers verify the copied chunks.
-async fn verify_chunks(
-    cfg: &VerifyConfig,
-    todo: u64,
-    shutdown: &Shutdown,
-    report: &mut VerifyReport,
-) -> Result<()> {
+    drop((src, tgt));
     let workers = cfg.parallelism.min(todo as usize).max(1);
     ui::line(&format!(
-        "Verifying {} chunk(s) with {} worker(s)",
+        "Verifying {} task(s) with {} worker(s)",
         ui::count(todo),
         workers
     ));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let pool_cfg = PoolConfig {
         workers,
-        source: cfg.source.clone(),
-        target: cfg.target.clone(),
+        // A stuck server fails the attempt instead of hanging (db/watch.rs);
+        // a long summary query on a busy server is waited for.
+        source: cfg.source.watched(crate::db::DEFAULT_STALL_TIMEOUT),
+        target: cfg.target.watched(crate::db::DEFAULT_STALL_TIMEOUT),
         max_attempts: MAX_ATTEMPTS,
     };
     let clock = Instant::now();
     let pool = tokio::spawn(worker::run(
         pool_cfg,
         Arc::new(VerifyJob {
+            source: source_ext.features,
+            target: target_ext.features,
             tried: Mutex::new(HashMap::new()),
         }),
         shutdown.clone(),
         tx,
     ));
+    let mut report = VerifyReport::default();
     let progress = ui::Progress::new("verifying", todo, None);
     let mut n = 0;
     while let Some(ev) = rx.recv().await {
@@ -229,22 +256,25 @@ async fn verify_chunks(
             }
         };
         n += 1;
-        progress.advance(0);
+        progress.advance();
         match outcome {
             Outcome::Match { rows } => {
                 report.matched += 1;
-                ui::line(&format!(
+                progress.line(&format!(
                     "[{n}/{todo}] Verified chunk {chunk}: {} rows match",
                     ui::count(rows as u64)
                 ));
             }
             Outcome::Mismatch(m) => {
                 report.mismatched += 1;
-                progress.line(&format!("[{n}/{todo}] MISMATCH in chunk {chunk}: {m}"));
+                progress.line(&format!(
+                    "[{n}/{todo}] MISMATCH in chunk {chunk}: {}",
+                    m.message
+                ));
             }
             Outcome::SourceGone => {
                 report.skipped += 1;
-                ui::line(&format!(
+                progress.line(&format!(
                     "[{n}/{todo}] Skipped chunk {chunk}: it no longer exists on the source"
                 ));
             }
@@ -256,25 +286,45 @@ async fn verify_chunks(
     progress.finish();
     report.seconds = clock.elapsed().as_secs_f64();
     ui::line(&format!(
-        "Verified {} chunk(s) in {}: {} match, {} mismatch, {} skipped.",
+        "Verified {} task(s) in {}: {} match, {} mismatch, {} skipped.",
         report.matched + report.mismatched + report.skipped,
         ui::duration(clock.elapsed()),
         report.matched,
         report.mismatched,
         report.skipped
     ));
-    pool_result
+    pool_result?;
+    if !shutdown.graceful.is_cancelled() {
+        let src = cfg.source.connect().await?;
+        let tgt = cfg.target.connect().await?;
+        views_and_left_behind(&src, &tgt, &target_ext, &mut report).await?;
+    }
+    // The exit code reflects every mismatch on record, this run's or earlier.
+    let report = finish(&cfg.target, report).await?;
+    if shutdown.graceful.is_cancelled() {
+        return Err(Error::Interrupted {
+            abandoned: shutdown.hard.is_cancelled(),
+        });
+    }
+    ui::line(
+        "Every copied task matches. Next: `hyperfill refresh-caggs` to bring continuous \
+         aggregates up to date, re-enable the target's background jobs (README, step 8), \
+         then `hyperfill clean` to remove the queue.",
+    );
+    Ok(report)
 }
 
-/// The continuous-aggregate phase: each view `refresh-caggs` refreshed and
-/// that is still to verify is compared per bucket over the refreshed range.
-/// A cagg whose materialization was copied but not refreshed yet is named.
-async fn verify_caggs(
+/// After the chunks: each view `refresh-caggs` refreshed and that is still
+/// to verify is compared per bucket over the refreshed range; a cagg whose
+/// materialization was copied but not refreshed yet is named; then the
+/// hypertables left behind and the chunks copied another way are listed.
+async fn views_and_left_behind(
     src: &crate::db::Db,
     tgt: &crate::db::Db,
     ext: &catalog::Extension,
     report: &mut VerifyReport,
 ) -> Result<()> {
+    use crate::verify::cagg::ViewOutcome;
     let refreshes = queue::cagg_refreshes(tgt).await?;
     for r in refreshes
         .iter()
@@ -291,32 +341,30 @@ async fn verify_caggs(
             ui::internal_time(tt, r.end)
         );
         let outcome = verify::cagg::verify_view(src, tgt, ext, &r.view, tt, r.start, r.end).await?;
-        let (state, message) = match &outcome {
-            Outcome::Match { rows } => {
+        let (state, tag, message) = match &outcome {
+            ViewOutcome::Match { buckets } => {
                 report.caggs_matched += 1;
                 (
                     VerifyState::Match,
-                    format!("{rows} bucket(s) in the refreshed range {range} match"),
+                    "Verified",
+                    format!("{buckets} bucket(s) in the refreshed range {range} match"),
                 )
             }
-            Outcome::Mismatch(m) => {
+            ViewOutcome::Mismatch(m) => {
                 report.caggs_mismatched += 1;
                 (
                     VerifyState::Mismatch,
+                    "MISMATCH in",
                     format!("in the refreshed range {range}: {m}"),
                 )
             }
-            Outcome::SourceGone => (
+            ViewOutcome::Gone => (
                 VerifyState::Skipped,
+                "Skipped",
                 "the continuous aggregate no longer exists on the source".into(),
             ),
         };
         queue::complete_cagg_verify(tgt, &r.view, state, &message).await?;
-        let tag = match state {
-            VerifyState::Match => "Verified",
-            VerifyState::Mismatch => "MISMATCH in",
-            VerifyState::Skipped => "Skipped",
-        };
         ui::line(&format!("{tag} continuous aggregate {}: {message}", r.view));
     }
     for s in queue::staged_caggs(tgt).await? {
@@ -328,5 +376,7 @@ async fn verify_caggs(
             ));
         }
     }
+    report.extras = crate::commands::left_behind::read(tgt).await?;
+    crate::commands::left_behind::print(&report.extras);
     Ok(())
 }

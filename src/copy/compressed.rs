@@ -3,27 +3,35 @@
 //! chunk's compression state brought in line with the source's, only through
 //! TimescaleDB's own functions (`compress_chunk`, `decompress_chunk`).
 
-use crate::catalog::{self, Extension};
+use crate::catalog::compat::Variants;
+use crate::catalog::{self, Extension, Features};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::ident::{quote_ident, QualifiedName};
 
 use super::invalidation::Suppressed;
-use super::{copy_rows, Context, PipeStats};
+use super::{copy_rows, Context, CopyStats};
 
 /// chunk.status bit: the chunk has rows outside its compressed batches.
 const STATUS_PARTIAL: i32 = 8;
 
 /// Either side. $1 = chunk schema, $2 = chunk table. The compressed chunk
-/// (schema, table; NULL when not compressed) and the status bits; no row when
-/// the chunk is gone.
+/// (schema, table; NULL when not compressed; from 2.29 the standalone
+/// `<chunk>_compressed` relation) and the status bits; no row when the chunk
+/// is gone.
 // language=PostgreSQL
-const CHUNK_STATE: &str = "\
-SELECT cc.schema_name::text, cc.table_name::text, c.status
-FROM _timescaledb_catalog.chunk c
-LEFT JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id
-WHERE c.schema_name = $1 AND c.table_name = $2 AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)
-  AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL";
+pub const CHUNK_STATE: Variants = chunk_sql!(
+    "\
+SELECT c.compressed_schema::text, c.compressed_name::text, c.status
+FROM chunk_v c
+WHERE c.schema_name = $1 AND c.table_name = $2
+  AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL"
+);
+
+/// Target. The rows the batches of a compressed chunk table hold: each batch
+/// (a row of the compressed chunk) records its row count in `_ts_meta_count`,
+/// in every supported release.
+const BATCH_ROWS: &str = "SELECT coalesce(sum(_ts_meta_count), 0)::bigint FROM ONLY ";
 
 /// A chunk's compression state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,10 +41,14 @@ pub struct ChunkState {
 }
 
 /// The compression state of a chunk, or `None` when it no longer exists.
-pub async fn chunk_state(db: &Db, chunk: &QualifiedName) -> Result<Option<ChunkState>> {
+pub async fn chunk_state(
+    db: &Db,
+    features: &Features,
+    chunk: &QualifiedName,
+) -> Result<Option<ChunkState>> {
     let row = db
         .query_opt(
-            CHUNK_STATE,
+            features.sql(&CHUNK_STATE),
             &[&chunk.schema, &chunk.name],
             &format!("looking up chunk {chunk}"),
         )
@@ -135,7 +147,7 @@ pub async fn reset_to_empty_compressed(
         delete_all(tgt, chunk).await?;
     }
     compress(tgt, ctx, chunk, quiet).await?;
-    match chunk_state(tgt, chunk).await? {
+    match chunk_state(tgt, &ctx.target.features, chunk).await? {
         Some(ChunkState {
             compressed: Some(c),
             ..
@@ -160,7 +172,7 @@ pub async fn copy_whole(
     source: (&QualifiedName, &ChunkState),
     target: (&QualifiedName, &ChunkState),
     quiet: &Suppressed,
-) -> Result<(PipeStats, Option<String>)> {
+) -> Result<(CopyStats, Option<String>)> {
     let (s_chunk, s_state) = source;
     let (t_chunk, t_state) = target;
     let Some(s_compressed) = &s_state.compressed else {
@@ -189,15 +201,15 @@ pub async fn copy_whole(
         tgt,
         s_compressed,
         &t_compressed,
-        &s_cols,
+        (&s_cols, &t_cols),
         "ONLY ",
         None,
     )
     .await;
-    let mut stats = match batches {
-        Ok(stats) => {
+    let batches = match batches {
+        Ok(batches) => {
             super::fallback::batches_accepted(tgt).await?;
-            stats
+            batches
         }
         Err(e) => {
             let Some(reason) = super::fallback::refused_for_format(&e) else {
@@ -206,8 +218,23 @@ pub async fn copy_whole(
             tracing::warn!(chunk = %s_chunk, "{reason}");
             let stats =
                 super::fallback::copy_as_rows(src, tgt, ctx, s_chunk, t_chunk, quiet).await?;
-            return Ok((stats, Some(reason)));
+            return Ok((stats.into(), Some(reason)));
         }
+    };
+    // Counted on the target, which held no batches before this COPY: the
+    // same figure as on the source, without another read there.
+    let held: i64 = tgt
+        .query_one(
+            &format!("{BATCH_ROWS}{}", t_compressed.sql()),
+            &[],
+            &format!("counting the rows in the batches of {t_compressed}"),
+        )
+        .await?
+        .get(0);
+    let mut stats = CopyStats {
+        rows: held.max(0) as u64,
+        batches: batches.rows,
+        bytes: batches.bytes,
     };
 
     if s_state.partial {
@@ -215,11 +242,20 @@ pub async fn copy_whole(
             catalog::relation_columns(src, s_chunk),
             catalog::relation_columns(tgt, hypertable),
         )?;
-        let cols = super::columns_to_write(&cols, &ht_cols);
         // Through the hypertable, with TimescaleDB's hooks: only they set
         // the partial flag that makes these rows visible.
         quiet.hooks(tgt).await?;
-        let more = copy_rows(ctx, src, tgt, s_chunk, hypertable, &cols, "ONLY ", None).await?;
+        let more = copy_rows(
+            ctx,
+            src,
+            tgt,
+            s_chunk,
+            hypertable,
+            (&cols, &ht_cols),
+            "ONLY ",
+            None,
+        )
+        .await?;
         quiet.direct_writes(tgt).await?;
         stats.rows += more.rows;
         stats.bytes += more.bytes;

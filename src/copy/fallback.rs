@@ -21,7 +21,7 @@ use crate::error::{Error, Result, Side};
 use crate::ident::QualifiedName;
 
 use super::invalidation::Suppressed;
-use super::{columns_to_write, compressed, copy_rows, Context, PipeStats};
+use super::{compressed, copy_rows, Context, PipeStats};
 
 const SAVEPOINT: &str = "hyperfill_batches";
 
@@ -93,9 +93,18 @@ pub async fn copy_as_rows(
         catalog::relation_columns(src, s_chunk),
         catalog::relation_columns(tgt, t_chunk),
     )?;
-    let cols = columns_to_write(&s_cols, &t_cols);
     // Without ONLY, the source returns the chunk's rows decompressed.
-    let stats = copy_rows(ctx, src, tgt, s_chunk, t_chunk, &cols, "", None).await?;
+    let stats = copy_rows(
+        ctx,
+        src,
+        tgt,
+        s_chunk,
+        t_chunk,
+        (&s_cols, &t_cols),
+        "",
+        None,
+    )
+    .await?;
     compressed::compress(tgt, ctx, t_chunk, quiet).await?;
     Ok(stats)
 }

@@ -43,61 +43,69 @@
 //!   Setting it needs a superuser or
 //!   `GRANT SET ON PARAMETER timescaledb.restoring TO <role>`; without that
 //!   the copy logs invalidations and `refresh-caggs` absorbs them.
+//! * **From 2.28** `SET LOCAL timescaledb.skip_cagg_invalidation = on`, a
+//!   setting TimescaleDB provides for migration tools, turns recording off
+//!   for the whole transaction, hooks included. Any role may set it.
+//!
+//! Which of these exists is in `catalog::compat` ([`Invalidations`]); this
+//! module picks the way for the connected role. The trigger rule above holds
+//! on every release.
 
+use crate::catalog::compat::Invalidations;
+use crate::catalog::Features;
 use crate::db::Db;
 use crate::error::Result;
 use crate::ident::{quote_ident, QualifiedName};
 
-/// Target. Whether invalidations come from the row trigger (before 2.23),
-/// and whether this role may set `session_replication_role` and
+/// Target. Whether this role may set `session_replication_role` and
 /// `timescaledb.restoring`.
 // language=PostgreSQL
-const CAPABILITIES: &str = "\
-SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-               WHERE n.nspname IN ('_timescaledb_functions', '_timescaledb_internal')
-                 AND p.proname = 'continuous_agg_invalidation_trigger'),
-       has_parameter_privilege('session_replication_role', 'SET'),
+pub const CAPABILITIES: &str = "\
+SELECT has_parameter_privilege('session_replication_role', 'SET'),
        has_parameter_privilege('timescaledb.restoring', 'SET')";
+
+/// Target, 2.28+: no invalidations for this transaction.
+// language=PostgreSQL
+pub(crate) const SET_SKIP: &str = "SET LOCAL timescaledb.skip_cagg_invalidation = on";
 
 /// Target. $1 = quoted relation name. Its user (non-internal) triggers that
 /// fire in the origin role: name and definition. (TimescaleDB refuses
 /// `ENABLE ALWAYS`/`ENABLE REPLICA` on hypertables and chunks, so a chunk has
 /// no trigger that fires under the replica role.)
 // language=PostgreSQL
-const USER_TRIGGERS: &str = "\
+pub(crate) const USER_TRIGGERS: &str = "\
 SELECT t.tgname::text, pg_get_triggerdef(t.oid)
 FROM pg_trigger t
 WHERE t.tgrelid = to_regclass($1::text) AND NOT t.tgisinternal AND t.tgenabled = 'O'
 ORDER BY t.tgname";
 
-/// How the target keeps invalidations out.
+/// How this target keeps invalidations out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Invalidations {
+pub enum Mode {
     /// Before 2.23: the row trigger (silenced with the other triggers).
     Trigger,
-    /// From 2.23: `timescaledb.restoring` around direct chunk writes.
+    /// 2.23 – 2.27: `timescaledb.restoring` around direct chunk writes.
     Restoring,
-    /// From 2.23 without the right to set `timescaledb.restoring`.
+    /// 2.23 – 2.27 without the right to set `timescaledb.restoring`.
     Unavoidable,
+    /// From 2.28: `timescaledb.skip_cagg_invalidation` for the transaction.
+    Skip,
 }
 
 /// What this target role can do, decided once per run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Strategy {
-    pub invalidations: Invalidations,
+    pub invalidations: Mode,
     /// May set `session_replication_role = replica`.
     pub replica_role: bool,
 }
 
 /// Decide the strategy for the connected target role.
-pub async fn strategy(db: &Db) -> Strategy {
-    let Ok(row) = db.client.query_one(CAPABILITIES, &[]).await else {
-        return Strategy {
-            invalidations: Invalidations::Trigger,
-            replica_role: false,
-        };
+pub async fn strategy(db: &Db, features: &Features) -> Strategy {
+    let (replica, restoring) = match db.client.query_one(CAPABILITIES, &[]).await {
+        Ok(row) => (row.get(0), row.get(1)),
+        Err(_) => (false, false),
     };
-    let (trigger, replica, restoring): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
     if !replica {
         tracing::warn!(
             "the target role may not set session_replication_role: user row triggers are set \
@@ -106,16 +114,17 @@ pub async fn strategy(db: &Db) -> Strategy {
              rows as pg_restore does: GRANT SET ON PARAMETER session_replication_role TO <role>"
         );
     }
-    let invalidations = match (trigger, restoring) {
-        (true, _) => Invalidations::Trigger,
-        (false, true) => Invalidations::Restoring,
-        (false, false) => {
+    let invalidations = match (features.invalidations, restoring) {
+        (Invalidations::Skip, _) => Mode::Skip,
+        (Invalidations::Trigger, _) => Mode::Trigger,
+        (Invalidations::Recorded, true) => Mode::Restoring,
+        (Invalidations::Recorded, false) => {
             tracing::warn!(
                 "the target role may not set timescaledb.restoring: copying will log \
                  continuous-aggregate invalidations (refresh-caggs absorbs them). To avoid them: \
                  GRANT SET ON PARAMETER timescaledb.restoring TO <role>"
             );
-            Invalidations::Unavoidable
+            Mode::Unavoidable
         }
     };
     Strategy {
@@ -147,6 +156,10 @@ pub async fn suppress(
         strategy,
         disabled: None,
     };
+    if strategy.invalidations == Mode::Skip {
+        db.batch(SET_SKIP, "turning off invalidation tracking for the copy")
+            .await?;
+    }
     if strategy.replica_role {
         db.batch(
             "SET LOCAL session_replication_role = replica",
@@ -192,7 +205,7 @@ pub async fn suppress(
 impl Suppressed {
     /// Before writing straight into a chunk or compressed chunk table.
     pub async fn direct_writes(&self, db: &Db) -> Result<()> {
-        if self.strategy.invalidations == Invalidations::Restoring {
+        if self.strategy.invalidations == Mode::Restoring {
             db.batch(
                 "SET LOCAL timescaledb.restoring = on",
                 "entering restoring mode for the copy",
@@ -205,7 +218,7 @@ impl Suppressed {
     /// Before anything that needs TimescaleDB's own hooks: compress_chunk,
     /// decompress_chunk, rows sent through the hypertable, the commit.
     pub async fn hooks(&self, db: &Db) -> Result<()> {
-        if self.strategy.invalidations == Invalidations::Restoring {
+        if self.strategy.invalidations == Mode::Restoring {
             db.batch(
                 "SET LOCAL timescaledb.restoring = off",
                 "leaving restoring mode",

@@ -8,7 +8,10 @@ pub mod invalidation;
 mod pipe;
 pub mod target_chunk;
 
-pub use pipe::{pipe, PipeStats, RateLimiter};
+pub use pipe::{pipe, Flow, PipeStats, RateLimiter};
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use crate::catalog::{self, Column, Extension};
 use crate::db::Db;
@@ -24,15 +27,39 @@ pub struct Context {
     /// How continuous-aggregate invalidations are kept out (see [`invalidation`]).
     pub invalidation: invalidation::Strategy,
     /// `--max-rate`, shared by all workers.
-    pub rate: Option<std::sync::Arc<RateLimiter>>,
+    pub rate: Option<Arc<RateLimiter>>,
+    /// Bytes read from the source so far, all workers together, counted as
+    /// they stream (for a live progress figure); `None`: not counted.
+    pub moved: Option<Arc<AtomicU64>>,
+}
+
+/// What one task moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    /// Logical rows: for compressed batches, the rows they hold.
+    pub rows: u64,
+    /// Compressed batches copied as they are (0 when none).
+    pub batches: u64,
+    /// Bytes of COPY data read from the source.
+    pub bytes: u64,
+}
+
+impl From<PipeStats> for CopyStats {
+    /// Rows streamed one by one: each is a logical row.
+    fn from(p: PipeStats) -> Self {
+        CopyStats {
+            rows: p.rows,
+            batches: 0,
+            bytes: p.bytes,
+        }
+    }
 }
 
 /// The result of one copy task.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Copied {
-        rows: u64,
-        bytes: u64,
+        stats: CopyStats,
         /// `None` only when nothing was copied into a chunk-less range.
         target_chunk: Option<QualifiedName>,
         /// Why the chunk was copied another way than staged (see [`fallback`]).
@@ -57,10 +84,11 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     // each connection, and the two sides work at the same time. (Writes stay
     // strictly in order.)
     let (s_state, src_cols, mut target, source_watermark) = tokio::try_join!(
-        compressed::chunk_state(src, &task.chunk),
+        compressed::chunk_state(src, &ctx.source.features, &task.chunk),
         catalog::relation_columns(src, &task.chunk),
         target_chunk::find(
             tgt,
+            &ctx.target.features,
             &task.hypertable,
             task.target_chunk.as_ref(),
             &task.slices
@@ -70,6 +98,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     let Some(s_state) = s_state else {
         return Ok(Outcome::SourceGone);
     };
+    plain_copy_settings(tgt, &ctx.target.features, &task.hypertable).await?;
     if target.is_none() {
         target = target_chunk::try_create(tgt, &ctx.target, &task.hypertable, &task.slices).await?;
     }
@@ -96,13 +125,20 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             tgt,
             &task.chunk,
             &task.hypertable,
-            &columns_to_write(&src_cols, &ht_cols),
+            (&src_cols, &ht_cols),
             only,
             filter.as_deref(),
         )
         .await?;
         quiet.restore(tgt).await?;
-        let created = target_chunk::find(tgt, &task.hypertable, None, &task.slices).await?;
+        let created = target_chunk::find(
+            tgt,
+            &ctx.target.features,
+            &task.hypertable,
+            None,
+            &task.slices,
+        )
+        .await?;
         if created.is_none() && stats.rows > 0 {
             return Err(Error::Incompatible(format!(
                 "rows of source chunk {} went into target hypertable {} but not into a chunk \
@@ -113,8 +149,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             )));
         }
         return Ok(Outcome::Copied {
-            rows: stats.rows,
-            bytes: stats.bytes,
+            stats: stats.into(),
             target_chunk: created,
             fallback: None,
             source_watermark,
@@ -122,18 +157,17 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     };
 
     let (t_state, tgt_cols) = tokio::try_join!(
-        compressed::chunk_state(tgt, &t_chunk),
+        compressed::chunk_state(tgt, &ctx.target.features, &t_chunk),
         catalog::relation_columns(tgt, &t_chunk),
     )?;
     let t_state =
         t_state.ok_or_else(|| Error::Internal(format!("target chunk {t_chunk} vanished")))?;
     check_columns(&task.chunk, &t_chunk, &src_cols, &tgt_cols)?;
-    let write_cols = columns_to_write(&src_cols, &tgt_cols);
     let quiet = invalidation::suppress(tgt, Some(&t_chunk), ctx.invalidation).await?;
     quiet.direct_writes(tgt).await?;
 
     let mut fallback = None;
-    let stats = match (&filter, &s_state.compressed) {
+    let stats: CopyStats = match (&filter, &s_state.compressed) {
         // A whole compressed chunk: batches as they are.
         (None, Some(_)) => compressed::copy_whole(
             src,
@@ -167,11 +201,12 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 tgt,
                 &task.chunk,
                 &t_chunk,
-                &write_cols,
+                (&src_cols, &tgt_cols),
                 "ONLY ",
                 None,
             )
             .await?
+            .into()
         }
         // A range inside the chunk: rows decompressed, and the target chunk
         // left as compressed as it was.
@@ -187,7 +222,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 tgt,
                 &task.chunk,
                 &t_chunk,
-                &write_cols,
+                (&src_cols, &tgt_cols),
                 only,
                 Some(f),
             )
@@ -195,13 +230,12 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             if was_compressed {
                 compressed::compress(tgt, ctx, &t_chunk, &quiet).await?;
             }
-            stats
+            stats.into()
         }
     };
     quiet.restore(tgt).await?;
     Ok(Outcome::Copied {
-        rows: stats.rows,
-        bytes: stats.bytes,
+        stats,
         target_chunk: Some(t_chunk),
         fallback,
         source_watermark,
@@ -231,6 +265,39 @@ async fn cagg_watermark(src: &Db, hypertable: &QualifiedName) -> Result<Option<i
         )
         .await?;
     Ok(row.map(|r| r.get(0)))
+}
+
+/// Make TimescaleDB's own COPY path (2.22+) write exactly the rows sent, in
+/// the chunk's current state: never compressed on the way in, whether by
+/// `timescaledb.enable_direct_compress_copy` or by the hypertable's
+/// `direct_compress` option (2.29+). For the task's transaction only.
+async fn plain_copy_settings(
+    tgt: &Db,
+    features: &catalog::Features,
+    hypertable: &QualifiedName,
+) -> Result<()> {
+    use catalog::compat;
+    if let Some(sql) = features.copy_settings() {
+        tgt.batch(sql, "turning off direct compression for the copy")
+            .await?;
+    }
+    if features.direct_compress_option {
+        let row = tgt
+            .query_one(
+                compat::HYPERTABLE_DIRECT_COMPRESS,
+                &[&hypertable.schema, &hypertable.name],
+                &format!("reading the options of {hypertable}"),
+            )
+            .await?;
+        if row.get::<_, bool>(0) {
+            tgt.batch(
+                compat::SET_NO_COPY_OPTIMIZATIONS,
+                &format!("turning off direct compression of {hypertable} for the copy"),
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Every source column must exist on the target chunk with the same type.
@@ -298,7 +365,8 @@ async fn delete_range(tgt: &Db, chunk: &QualifiedName, filter: Option<&str>) -> 
 }
 
 /// Stream the rows of `source` (matching `filter`) into `target`, columns
-/// matched by name. Binary format unless a column's type cannot travel in it.
+/// (source's, target's) matched by name. Binary format unless a column's
+/// type cannot travel in it between these two servers.
 #[allow(clippy::too_many_arguments)]
 async fn copy_rows(
     ctx: &Context,
@@ -306,18 +374,23 @@ async fn copy_rows(
     tgt: &Db,
     source: &QualifiedName,
     target: &QualifiedName,
-    columns: &[Column],
+    columns: (&[Column], &[Column]),
     only: &str,
     filter: Option<&str>,
 ) -> Result<PipeStats> {
+    let (columns, target_columns) = columns;
+    let columns = &columns_to_write(columns, target_columns);
     let list = columns
         .iter()
         .map(|c| quote_ident(&c.name))
         .collect::<Vec<_>>()
         .join(", ");
-    let text = columns.iter().any(|c| c.needs_text);
+    let text = catalog::text_copy_needed(columns, target_columns);
     if text {
-        tracing::info!(chunk = %source, "a column type has no portable binary form: using text COPY");
+        tracing::info!(
+            chunk = %source,
+            "a column type has no binary form both servers read the same way: using text COPY"
+        );
     }
     let format = if text { "text" } else { "binary" };
     let where_clause = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
@@ -335,7 +408,10 @@ async fn copy_rows(
         &out,
         &inp,
         &format!("chunk {source}"),
-        ctx.rate.as_deref(),
+        Flow {
+            rate: ctx.rate.as_deref(),
+            moved: ctx.moved.as_deref(),
+        },
     )
     .await
 }

@@ -1,11 +1,13 @@
 //! The streaming COPY pipe: source `COPY ... TO STDOUT` into target
 //! `COPY ... FROM STDIN`, with bounded memory.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 
 use crate::db::Db;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Rows are re-buffered into messages of about this size: fewer, larger
 /// CopyData messages to the target, and at most this much held per worker.
@@ -47,57 +49,88 @@ pub struct PipeStats {
     pub bytes: u64,
 }
 
+/// How data may flow through one pipe.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow<'a> {
+    /// `--max-rate`, shared by all workers.
+    pub rate: Option<&'a RateLimiter>,
+    /// Bytes passed on to the target, all workers together.
+    pub moved: Option<&'a AtomicU64>,
+}
+
+/// Add bytes passed on to the target to the shared counter, if any.
+fn count(moved: Option<&AtomicU64>, n: u64) {
+    if let Some(m) = moved {
+        m.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// Run `copy_out` on the source and feed it to `copy_in` on the target. Both
 /// statements must use the same format and column list. Errors name the side
-/// that failed and `what`.
+/// that failed and `what`. `flow.moved`, when given, is increased by the
+/// bytes passed on to the target as they go (after `flow.rate` let them
+/// through, so a progress figure read from it shows the rate `--max-rate`
+/// allows).
+///
+/// Every wait on either side (the start of each COPY, the next data from the
+/// source, a send to the target, the end) goes through [`Db::guard`]: on a
+/// worker's connection a server that stops answering, or a network that
+/// stops delivering while TCP still acknowledges (a frozen proxy), fails the
+/// attempt with `Error::Stalled` (transient) instead of hanging. Waiting for
+/// `--max-rate` does not count.
 pub async fn pipe(
     src: &Db,
     tgt: &Db,
     copy_out: &str,
     copy_in: &str,
     what: &str,
-    rate: Option<&RateLimiter>,
+    flow: Flow<'_>,
 ) -> Result<PipeStats> {
+    let Flow { rate, moved } = flow;
     let sink = tgt
-        .client
-        .copy_in::<_, Bytes>(copy_in)
-        .await
-        .map_err(|e| Error::db(tgt.side, format!("starting COPY into {what}"), e))?;
+        .guard(
+            &format!("starting COPY into {what}"),
+            tgt.client.copy_in::<_, Bytes>(copy_in),
+        )
+        .await?;
     let stream = src
-        .client
-        .copy_out(copy_out)
-        .await
-        .map_err(|e| Error::db(src.side, format!("starting COPY out of {what}"), e))?;
+        .guard(
+            &format!("starting COPY out of {what}"),
+            src.client.copy_out(copy_out),
+        )
+        .await?;
     futures::pin_mut!(sink);
     futures::pin_mut!(stream);
 
+    let reading = format!("reading COPY data of {what}");
+    let writing = format!("writing COPY data into {what}");
     let mut buf = BytesMut::with_capacity(BUFFER);
     let mut bytes = 0u64;
-    while let Some(data) = stream.next().await {
-        let data =
-            data.map_err(|e| Error::db(src.side, format!("reading COPY data of {what}"), e))?;
+    while let Some(data) = src
+        .guard(&reading, async { stream.next().await.transpose() })
+        .await?
+    {
         bytes += data.len() as u64;
         buf.extend_from_slice(&data);
         if buf.len() >= BUFFER {
             if let Some(r) = rate {
                 r.acquire(buf.len()).await;
             }
-            sink.send(buf.split().freeze())
-                .await
-                .map_err(|e| Error::db(tgt.side, format!("writing COPY data into {what}"), e))?;
+            let n = buf.len() as u64;
+            tgt.guard(&writing, sink.send(buf.split().freeze())).await?;
+            count(moved, n);
         }
     }
     if !buf.is_empty() {
         if let Some(r) = rate {
             r.acquire(buf.len()).await;
         }
-        sink.send(buf.freeze())
-            .await
-            .map_err(|e| Error::db(tgt.side, format!("writing COPY data into {what}"), e))?;
+        let n = buf.len() as u64;
+        tgt.guard(&writing, sink.send(buf.freeze())).await?;
+        count(moved, n);
     }
-    let rows = sink
-        .finish()
-        .await
-        .map_err(|e| Error::db(tgt.side, format!("finishing COPY into {what}"), e))?;
+    let rows = tgt
+        .guard(&format!("finishing COPY into {what}"), sink.finish())
+        .await?;
     Ok(PipeStats { rows, bytes })
 }

@@ -1,7 +1,8 @@
 //! Finding (or creating) the target chunk that matches a source chunk's
 //! dimension slices, through TimescaleDB's own `create_chunk`.
 
-use crate::catalog::{self, slices_json, Extension, Slice};
+use crate::catalog::compat::Variants;
+use crate::catalog::{self, slices_json, Extension, Features, Slice};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::ident::QualifiedName;
@@ -9,21 +10,27 @@ use crate::ident::QualifiedName;
 /// Target. $1 = chunk schema, $2 = chunk table. The chunk's slices, when it
 /// exists and is not dropped.
 // language=PostgreSQL
-const CHUNK_SLICES: &str = "\
-SELECT (SELECT jsonb_object_agg(d.column_name, jsonb_build_array(ds.range_start, ds.range_end))
-        FROM _timescaledb_catalog.chunk_constraint x
-        JOIN _timescaledb_catalog.dimension_slice ds ON ds.id = x.dimension_slice_id
-        JOIN _timescaledb_catalog.dimension d ON d.id = ds.dimension_id
-        WHERE x.chunk_id = c.id)
-FROM _timescaledb_catalog.chunk c
-WHERE c.schema_name = $1 AND c.table_name = $2 AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)
-  AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL";
+pub const CHUNK_SLICES: Variants = chunk_sql!(
+    "\
+SELECT (SELECT jsonb_object_agg(d.column_name, jsonb_build_array(s.range_start, s.range_end))
+        FROM slice_v s
+        JOIN _timescaledb_catalog.dimension d ON d.id = s.dimension_id
+        WHERE s.chunk_id = c.id)
+FROM chunk_v c
+WHERE c.schema_name = $1 AND c.table_name = $2
+  AND to_regclass(format('%I.%I', c.schema_name, c.table_name)) IS NOT NULL"
+);
 
 /// Whether `chunk` exists on this side with exactly these slices.
-pub async fn has_slices(db: &Db, chunk: &QualifiedName, slices: &[Slice]) -> Result<bool> {
+pub async fn has_slices(
+    db: &Db,
+    features: &Features,
+    chunk: &QualifiedName,
+    slices: &[Slice],
+) -> Result<bool> {
     let row = db
         .query_opt(
-            CHUNK_SLICES,
+            features.sql(&CHUNK_SLICES),
             &[&chunk.schema, &chunk.name],
             &format!("looking up chunk {chunk}"),
         )
@@ -37,25 +44,25 @@ pub async fn has_slices(db: &Db, chunk: &QualifiedName, slices: &[Slice]) -> Res
 /// Target. $1 = hypertable schema, $2 = hypertable table, $3 = slices as
 /// `{"column": [start, end]}`. The chunk of that hypertable with exactly
 /// these slices, if any: each slice is found through dimension_slice's
-/// unique (dimension_id, range_start, range_end) index, and the chunk must
-/// hold one per dimension given (a chunk has one slice per dimension).
+/// (dimension_id, range_start, range_end) index, and the chunk must hold one
+/// per dimension given (a chunk has one slice per dimension).
 // language=PostgreSQL
-const CHUNK_BY_SLICES: &str = "\
+pub const CHUNK_BY_SLICES: Variants = chunk_sql!(
+    "\
 SELECT c.schema_name::text, c.table_name::text
 FROM _timescaledb_catalog.hypertable h
 JOIN _timescaledb_catalog.dimension d ON d.hypertable_id = h.id
-JOIN _timescaledb_catalog.dimension_slice ds
-  ON ds.dimension_id = d.id
- AND ds.range_start = ($3::jsonb -> d.column_name::text ->> 0)::bigint
- AND ds.range_end = ($3::jsonb -> d.column_name::text ->> 1)::bigint
-JOIN _timescaledb_catalog.chunk_constraint cc ON cc.dimension_slice_id = ds.id
-JOIN _timescaledb_catalog.chunk c
-  ON c.id = cc.chunk_id AND NOT coalesce((to_jsonb(c) ->> 'dropped')::boolean, false)
+JOIN slice_v s
+  ON s.dimension_id = d.id
+ AND s.range_start = ($3::jsonb -> d.column_name::text ->> 0)::bigint
+ AND s.range_end = ($3::jsonb -> d.column_name::text ->> 1)::bigint
+JOIN chunk_v c ON c.id = s.chunk_id
 WHERE h.schema_name = $1 AND h.table_name = $2
 GROUP BY h.id, c.id, c.schema_name, c.table_name
 HAVING count(*) = (SELECT count(*) FROM jsonb_object_keys($3::jsonb))
    AND count(*) = (SELECT count(*) FROM _timescaledb_catalog.dimension d2 WHERE d2.hypertable_id = h.id)
-LIMIT 1";
+LIMIT 1"
+);
 
 /// Create the chunk with these slices in `hypertable` (or return the existing
 /// one: `create_chunk` is idempotent for identical slices). `None` when the
@@ -109,18 +116,19 @@ pub async fn try_create(
 /// slices, otherwise the hypertable's chunk with those slices, if any.
 pub async fn find(
     db: &Db,
+    features: &Features,
     hypertable: &QualifiedName,
     recorded: Option<&QualifiedName>,
     slices: &[Slice],
 ) -> Result<Option<QualifiedName>> {
     if let Some(chunk) = recorded {
-        if has_slices(db, chunk, slices).await? {
+        if has_slices(db, features, chunk, slices).await? {
             return Ok(Some(chunk.clone()));
         }
     }
     let row = db
         .query_opt(
-            CHUNK_BY_SLICES,
+            features.sql(&CHUNK_BY_SLICES),
             &[&hypertable.schema, &hypertable.name, &slices_json(slices)],
             &format!("looking up the chunk of {hypertable}"),
         )

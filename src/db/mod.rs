@@ -11,6 +11,7 @@ mod env;
 mod pgpass;
 mod settings;
 mod tls;
+mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,7 +31,19 @@ use tls::{Tls, TlsError, TlsStream};
 
 /// Session settings for every connection that moves or compares data: text
 /// forms that read back identically on the other side, whatever each server's
-/// defaults are.
+/// defaults are; and no server-side time limit on a statement or an open
+/// transaction (a chunk's COPY takes as long as it takes; a managed service's
+/// `statement_timeout` would otherwise end every long copy). Any role may set
+/// these for its own session; `transaction_timeout` exists from PostgreSQL 17.
+/// `lock_timeout` is left as configured: a lock wait that long fails the
+/// attempt (55P03, transient) and the task is retried. A stuck server is
+/// noticed on our side instead: `connect_timeout`, TCP keepalives and
+/// `--stall-timeout`.
+// language=PostgreSQL
+const SESSION_TIMEOUTS: &str =
+    "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0";
+
+/// The rest of the session set-up (see [`SESSION_TIMEOUTS`]).
 // language=PostgreSQL
 const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; \
      SET IntervalStyle = 'postgres'; \
@@ -38,7 +51,12 @@ const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; \
      SET TimeZone = 'UTC'; \
      SET bytea_output = 'hex'; \
      SET standard_conforming_strings = on; \
-     SET client_min_messages = warning";
+     SET client_min_messages = warning; \
+     SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'transaction_timeout'";
+
+/// The server process of this session, for the stuck-server probe.
+// language=PostgreSQL
+const BACKEND_PID: &str = "SELECT pg_backend_pid()";
 
 /// Extra protection on the source: nothing we run there can write.
 // language=PostgreSQL
@@ -63,7 +81,23 @@ pub struct ConnInfo {
     load_balance: bool,
     /// The password file, for the hint when a password is missing.
     passfile: Option<PathBuf>,
+    /// The limit on one host's whole start-up, and where it came from
+    /// (`None`: connect_timeout=0, no limit).
+    connect_timeout: Option<(Duration, &'static str)>,
+    /// Connections made from this are watched for a stuck server
+    /// (`watch.rs`) with this stall timeout.
+    stall: Option<Duration>,
 }
+
+/// How long a watched connection waits for an answer before it probes the
+/// server (`copy --stall-timeout`'s default; `verify` uses it as is).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The connect_timeout used when neither the connection string nor
+/// PGCONNECT_TIMEOUT gives one (libpq waits forever).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+const DEFAULT_CONNECT_TIMEOUT_WHY: &str =
+    "the default connect_timeout; set connect_timeout=<seconds> in the connection string or PGCONNECT_TIMEOUT";
 
 impl std::fmt::Debug for ConnInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,14 +134,38 @@ impl ConnInfo {
             .map_err(invalid)?;
         let mut config = Config::from_str(&settings.postgres_string())
             .map_err(|e| invalid(crate::error::pg_text(&e)))?;
-        if !settings.has("connect_timeout") {
-            config.connect_timeout(Duration::from_secs(15));
+        // connect_timeout bounds the whole start-up of each host (TCP, TLS,
+        // authentication, session set-up), as in libpq, which also rounds
+        // 1 s up to 2; 0 means no limit. Without one we use a default, so
+        // that a server that accepts and never answers cannot hang us.
+        let connect_timeout = if settings.has("connect_timeout") {
+            config
+                .get_connect_timeout()
+                .map(|t| (*t.max(&Duration::from_secs(2)), "connect_timeout"))
+        } else {
+            Some((DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT_WHY))
+        };
+        if let Some((t, _)) = connect_timeout {
+            config.connect_timeout(t);
         }
+        // A dead peer (a cut network, a crashed host) is noticed by TCP:
+        // keepalive probes after 30 s of silence, 3 probes 10 s apart, and
+        // sent data unacknowledged for 60 s. libpq's keepalives* and
+        // tcp_user_timeout keys override these.
         if !settings.has("keepalives") {
             config.keepalives(true);
         }
         if !settings.has("keepalives_idle") {
             config.keepalives_idle(Duration::from_secs(30));
+        }
+        if !settings.has("keepalives_interval") {
+            config.keepalives_interval(Duration::from_secs(10));
+        }
+        if !settings.has("keepalives_retries") {
+            config.keepalives_retries(3);
+        }
+        if !settings.has("tcp_user_timeout") {
+            config.tcp_user_timeout(Duration::from_secs(60));
         }
         // `status` finds hyperfill's sessions by this name.
         config.application_name("hyperfill");
@@ -132,7 +190,18 @@ impl ConnInfo {
             tls,
             load_balance: settings.load_balance,
             hosts: settings.hosts,
+            connect_timeout,
+            stall: None,
         })
+    }
+
+    /// The same connection string, whose connections notice a stuck server:
+    /// every wait longer than `stall` is checked by a probe (`watch.rs`).
+    pub fn watched(&self, stall: Duration) -> ConnInfo {
+        ConnInfo {
+            stall: Some(stall),
+            ..self.clone()
+        }
     }
 
     /// `user@host:port/dbname`, for messages. Never includes the password.
@@ -154,12 +223,66 @@ impl ConnInfo {
                 tracing::debug!(%side, error = %e, "connection closed with an error");
             }
         });
-        let db = Db::new(client, side);
-        db.batch(SESSION_SETUP, "setting up the session").await?;
-        if side == Side::Source {
-            db.batch(SOURCE_SETUP, "setting up the session").await?;
+        let mut db = Db::new(client, side);
+        let setup = async {
+            // The limits go first, alone: a server-side statement_timeout
+            // counts from the start of each query string, and a tiny one
+            // (50 ms) can end even this on a loaded server; then try again.
+            let mut tries = 0;
+            loop {
+                match db.batch(SESSION_TIMEOUTS, "setting up the session").await {
+                    Err(Error::Db { source, .. })
+                        if tries < 3 && source.code() == Some(&SqlState::QUERY_CANCELED) =>
+                    {
+                        tries += 1;
+                    }
+                    r => break r?,
+                }
+            }
+            db.batch(SESSION_SETUP, "setting up the session").await?;
+            if side == Side::Source {
+                db.batch(SOURCE_SETUP, "setting up the session").await?;
+            }
+            match self.stall {
+                Some(_) => Ok(Some(
+                    db.query_one(BACKEND_PID, &[], "setting up the session")
+                        .await?
+                        .get::<_, i32>(0),
+                )),
+                None => Ok(None),
+            }
+        };
+        let pid = self.within_timeout(&self.describe(), setup).await?;
+        if let (Some(pid), Some(stall)) = (pid, self.stall) {
+            db.watch = Some(watch::Watch {
+                conn: ConnInfo {
+                    stall: None,
+                    ..self.clone()
+                },
+                pid,
+                stall,
+            });
         }
         Ok(db)
+    }
+
+    /// Run one step of connecting within connect_timeout.
+    async fn within_timeout<T>(
+        &self,
+        addr: &str,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match self.connect_timeout {
+            None => f.await,
+            Some((timeout, why)) => tokio::time::timeout(timeout, f).await.unwrap_or_else(|_| {
+                Err(Error::ConnectTimeout {
+                    side: self.side,
+                    addr: addr.to_string(),
+                    timeout,
+                    why,
+                })
+            }),
+        }
     }
 
     /// Connect with server defaults only (no session settings): used to parse
@@ -196,7 +319,14 @@ impl ConnInfo {
         }))
     }
 
+    /// One host's whole start-up (TCP, TLS, authentication), within
+    /// connect_timeout.
     async fn open_host(&self, i: usize) -> Result<Conn> {
+        let addr = self.describe_host(&self.hosts[i]);
+        self.within_timeout(&addr, self.open_host_untimed(i)).await
+    }
+
+    async fn open_host_untimed(&self, i: usize) -> Result<Conn> {
         let h = &self.hosts[i];
         let mut cfg = self.config.clone();
         // tokio-postgres checks the TLS certificate against the host name;
@@ -355,6 +485,8 @@ pub struct Db {
     /// per-chunk queries run thousands of times, and preparing once saves a
     /// round trip and the server's parse and plan each time.
     statements: std::sync::Mutex<HashMap<String, Statement>>,
+    /// Set on worker connections: every wait is checked for a stuck server.
+    watch: Option<watch::Watch>,
 }
 
 /// Statements kept per connection at most; the cache starts over past this
@@ -367,7 +499,23 @@ impl Db {
             client,
             side,
             statements: std::sync::Mutex::new(HashMap::new()),
+            watch: None,
         }
+    }
+
+    /// Await an operation on this connection; on a watched connection, a
+    /// stuck server fails it with [`Error::Stalled`] instead of hanging.
+    /// Errors name the side and `what`.
+    pub async fn guard<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        let r = match &self.watch {
+            None => f.await,
+            Some(w) => w.run(self.side, what, f).await?,
+        };
+        r.map_err(|e| Error::db(self.side, what, e))
     }
 
     async fn statement(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
@@ -396,7 +544,7 @@ impl Db {
         what: &str,
     ) -> Result<Vec<Row>> {
         let run = async { self.client.query(&self.statement(sql).await?, params).await };
-        run.await.map_err(|e| Error::db(self.side, what, e))
+        self.guard(what, run).await
     }
 
     pub async fn query_one(
@@ -410,7 +558,7 @@ impl Db {
                 .query_one(&self.statement(sql).await?, params)
                 .await
         };
-        run.await.map_err(|e| Error::db(self.side, what, e))
+        self.guard(what, run).await
     }
 
     pub async fn query_opt(
@@ -424,7 +572,7 @@ impl Db {
                 .query_opt(&self.statement(sql).await?, params)
                 .await
         };
-        run.await.map_err(|e| Error::db(self.side, what, e))
+        self.guard(what, run).await
     }
 
     pub async fn execute(
@@ -438,14 +586,11 @@ impl Db {
                 .execute(&self.statement(sql).await?, params)
                 .await
         };
-        run.await.map_err(|e| Error::db(self.side, what, e))
+        self.guard(what, run).await
     }
 
     pub async fn batch(&self, sql: &str, what: &str) -> Result<()> {
-        self.client
-            .batch_execute(sql)
-            .await
-            .map_err(|e| Error::db(self.side, what, e))
+        self.guard(what, self.client.batch_execute(sql)).await
     }
 }
 
@@ -481,10 +626,26 @@ mod tests {
             c.config.get_connect_timeout(),
             Some(&Duration::from_secs(15))
         );
+        assert_eq!(
+            c.connect_timeout.map(|t| t.0),
+            Some(DEFAULT_CONNECT_TIMEOUT)
+        );
         let c = parse("sslmode=disable connect_timeout=3", &[]).expect("parsed");
         assert_eq!(
-            c.config.get_connect_timeout(),
-            Some(&Duration::from_secs(3))
+            c.connect_timeout,
+            Some((Duration::from_secs(3), "connect_timeout"))
+        );
+        // libpq: 1 s is rounded up to 2, 0 is no limit; PGCONNECT_TIMEOUT.
+        let c = parse("connect_timeout=1", &[]).expect("parsed");
+        assert_eq!(c.connect_timeout.map(|t| t.0), Some(Duration::from_secs(2)));
+        let c = parse("connect_timeout=0", &[]).expect("parsed");
+        assert_eq!(c.connect_timeout, None);
+        let c = parse("", &[("PGCONNECT_TIMEOUT", "7")]).expect("parsed");
+        assert_eq!(c.connect_timeout.map(|t| t.0), Some(Duration::from_secs(7)));
+        assert_eq!(c.config.get_keepalives_retries(), Some(3));
+        assert_eq!(
+            c.config.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(60))
         );
     }
 

@@ -253,12 +253,24 @@ impl Task {
     }
 }
 
-/// Claim the next task to copy, inside the caller's open target transaction.
-pub async fn claim_copy(db: &Db, run_started: SystemTime) -> Result<Option<Task>> {
+/// Claim the next task to copy, inside the caller's open target transaction:
+/// a pending task with fewer than `max_attempts` attempts.
+pub async fn claim_copy(db: &Db, max_attempts: u32) -> Result<Option<Task>> {
+    let max = max_attempts as i32;
     let row = db
-        .query_opt(sql::CLAIM_COPY, &[&run_started], "claiming a copy task")
+        .query_opt(sql::CLAIM_COPY, &[&max], "claiming a copy task")
         .await?;
     row.as_ref().map(Task::from_row).transpose()
+}
+
+/// At the start of a `copy` run, give failed tasks a fresh set of attempts.
+/// Returns how many.
+pub async fn rearm_failed(db: &Db, max_attempts: u32) -> Result<u64> {
+    let max = max_attempts as i32;
+    Ok(db
+        .query(sql::REARM_FAILED, &[&max], "re-queueing failed tasks")
+        .await?
+        .len() as u64)
 }
 
 /// Claim the next task to verify, inside the caller's open target transaction.
@@ -271,7 +283,10 @@ pub async fn claim_verify(db: &Db) -> Result<Option<Task>> {
 
 /// What one finished copy records.
 pub struct CopyDone<'a> {
+    /// Logical rows (for compressed batches, the rows they hold).
     pub rows: i64,
+    /// Compressed batches copied as they are, when any.
+    pub batches: Option<i64>,
     pub bytes: i64,
     pub started: SystemTime,
     pub message: &'a str,
@@ -294,6 +309,7 @@ pub async fn complete_copy(db: &Db, id: i64, done: &CopyDone<'_>) -> Result<()> 
             &done.message,
             &done.target_chunk.map(|c| c.schema.as_str()),
             &done.target_chunk.map(|c| c.name.as_str()),
+            &done.batches,
             &done.fallback,
             &done.source_watermark,
         ],
@@ -310,31 +326,64 @@ pub async fn skip_copy(db: &Db, id: i64, message: &str) -> Result<()> {
     Ok(())
 }
 
-/// What a failed attempt leaves the task as.
+/// What a failed attempt calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterFailure {
-    /// Stays pending, to be tried again.
+    /// A transient failure: try again, unless the attempts are used up.
     Retry,
-    /// Failed; the next `copy` run tries it again.
+    /// A permanent failure; the next `copy` run tries it again.
     Failed,
     /// The source chunk vanished: nothing to copy.
     Skipped,
 }
 
-/// Record a failed attempt, outside the (rolled back) task transaction.
-pub async fn record_failure(db: &Db, id: i64, after: AfterFailure, error: &str) -> Result<()> {
-    let state = match after {
-        AfterFailure::Retry => "pending",
+/// The task after a recorded failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// `pending` (to be tried again), `failed` or `skipped`.
+    pub state: TaskState,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Pending,
+    Failed,
+    Skipped,
+}
+
+/// Count a failed attempt and set the task's state (see
+/// `sql::RECORD_FAILURE`). `None`: another worker holds or finished the
+/// task, nothing was recorded.
+pub async fn record_failure(
+    db: &Db,
+    id: i64,
+    after: AfterFailure,
+    error: &str,
+    max_attempts: u32,
+) -> Result<Option<Recorded>> {
+    let after = match after {
+        AfterFailure::Retry => "retry",
         AfterFailure::Failed => "failed",
         AfterFailure::Skipped => "skipped",
     };
-    db.execute(
-        sql::RECORD_FAILURE,
-        &[&id, &state, &error],
-        "recording a failed task",
-    )
-    .await?;
-    Ok(())
+    let max = max_attempts as i32;
+    let row = db
+        .query_opt(
+            sql::RECORD_FAILURE,
+            &[&id, &after, &error, &max],
+            "recording a failed task",
+        )
+        .await?;
+    Ok(row.map(|r| Recorded {
+        state: match r.get::<_, &str>(0) {
+            "pending" => TaskState::Pending,
+            "skipped" => TaskState::Skipped,
+            _ => TaskState::Failed,
+        },
+        attempts: r.get::<_, i32>(1).max(0) as u32,
+    }))
 }
 
 /// Outcome of verifying one task.
@@ -345,7 +394,15 @@ pub enum VerifyState {
     Skipped,
 }
 
-pub async fn complete_verify(db: &Db, id: i64, state: VerifyState, message: &str) -> Result<()> {
+/// Record a verification's outcome; `details` is the structured difference
+/// (see migrations/0003), `None` for a match.
+pub async fn complete_verify(
+    db: &Db,
+    id: i64,
+    state: VerifyState,
+    message: &str,
+    details: Option<&serde_json::Value>,
+) -> Result<()> {
     let s = match state {
         VerifyState::Match => "match",
         VerifyState::Mismatch => "mismatch",
@@ -353,11 +410,43 @@ pub async fn complete_verify(db: &Db, id: i64, state: VerifyState, message: &str
     };
     db.execute(
         sql::COMPLETE_VERIFY,
-        &[&id, &s, &message],
+        &[&id, &s, &message, &details],
         "recording a verification",
     )
     .await?;
     Ok(())
+}
+
+/// A copied task whose last verification found a difference.
+#[derive(Debug, Clone, Serialize)]
+pub struct MismatchedTask {
+    pub hypertable: QualifiedName,
+    pub continuous_aggregate: Option<String>,
+    pub chunk: QualifiedName,
+    /// 0: the whole chunk (or its bounded range); 1..: a part of a split chunk.
+    pub part: i32,
+    pub message: String,
+    /// `{"source_rows", "target_rows", "differences": [...]}`, or null when
+    /// the chunk could not be compared at all (the message says why).
+    pub details: Option<serde_json::Value>,
+}
+
+/// Every task whose last verification found a difference.
+pub async fn mismatched_tasks(db: &Db) -> Result<Vec<MismatchedTask>> {
+    let rows = db
+        .query(sql::MISMATCHED_TASKS, &[], "reading mismatched tasks")
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| MismatchedTask {
+            hypertable: QualifiedName::from_row(r, 0),
+            continuous_aggregate: r.get(2),
+            chunk: QualifiedName::from_row(r, 3),
+            part: r.get(5),
+            message: r.get(6),
+            details: r.get(7),
+        })
+        .collect())
 }
 
 /// Re-queue for copying the tasks whose verification found a difference.
@@ -428,10 +517,34 @@ pub async fn counts(db: &Db) -> Result<Counts> {
             Some("skipped") => c.verify_skipped += n,
             _ => {}
         }
-        c.rows_copied += r.get::<_, i64>(3);
-        c.bytes_copied += r.get::<_, i64>(4);
+        if state == "done" {
+            c.rows_copied += r.get::<_, i64>(3);
+            c.bytes_copied += r.get::<_, i64>(4);
+        }
     }
     Ok(c)
+}
+
+/// How many chunks the tasks left to copy belong to, and how many of those
+/// are split into parts.
+pub async fn chunks_to_copy(db: &Db) -> Result<(u64, u64)> {
+    let r = db
+        .query_one(sql::CHUNKS_TO_COPY, &[], "counting the chunks to copy")
+        .await?;
+    Ok((r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
+}
+
+/// The COPY bytes still to move, projected from the source's table sizes of
+/// the tasks left: scaled by what the done tasks moved per estimated byte,
+/// when there are any, so that copied + left adds up to one total in the one
+/// measure that is moved (and that `--max-rate` counts).
+pub fn projected_bytes_left(estimated_left: i64, estimated_done: i64, bytes_done: i64) -> i64 {
+    let left = estimated_left.max(0) as f64;
+    if estimated_done > 0 && bytes_done > 0 {
+        (left * bytes_done as f64 / estimated_done as f64).round() as i64
+    } else {
+        left as i64
+    }
 }
 
 /// The failed tasks: source chunk and last error.
@@ -445,20 +558,58 @@ pub async fn failed_tasks(db: &Db) -> Result<Vec<(QualifiedName, String)>> {
         .collect())
 }
 
-/// One hypertable's line in `status`.
-#[derive(Debug, Clone, Serialize)]
+/// One hypertable's line in `status`. Task counts are tasks (a chunk split
+/// into parts has one task per part); `chunks` counts source chunks.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct HypertableStatus {
     pub hypertable: QualifiedName,
     pub continuous_aggregate: Option<String>,
+    /// Source chunks staged, and how many of them are split into parts.
+    pub chunks: i64,
+    pub split_chunks: i64,
     pub pending: i64,
     pub done: i64,
     pub failed: i64,
     pub skipped: i64,
     pub verified: i64,
     pub mismatched: i64,
+    /// Logical rows copied (for compressed chunks, the rows their batches hold).
     pub rows_copied: i64,
+    /// Compressed batches among what was copied.
+    pub batches_copied: i64,
+    /// COPY bytes moved by the done tasks.
     pub bytes_copied: i64,
+    /// COPY bytes still to move (projected, see [`projected_bytes_left`]).
     pub estimated_bytes_left: i64,
+    /// `bytes_copied + estimated_bytes_left`.
+    pub estimated_bytes_total: i64,
+    /// The source's table sizes (stage's estimate) of the tasks left and of
+    /// the done ones, which the projection is made from.
+    #[serde(skip)]
+    pub source_bytes_left: i64,
+    #[serde(skip)]
+    pub source_bytes_done: i64,
+}
+
+impl HypertableStatus {
+    /// Add another line's figures to this one (for totals).
+    pub fn add(&mut self, h: &HypertableStatus) {
+        self.chunks += h.chunks;
+        self.split_chunks += h.split_chunks;
+        self.pending += h.pending;
+        self.done += h.done;
+        self.failed += h.failed;
+        self.skipped += h.skipped;
+        self.verified += h.verified;
+        self.mismatched += h.mismatched;
+        self.rows_copied += h.rows_copied;
+        self.batches_copied += h.batches_copied;
+        self.bytes_copied += h.bytes_copied;
+        self.estimated_bytes_left += h.estimated_bytes_left;
+        self.estimated_bytes_total += h.estimated_bytes_total;
+        self.source_bytes_left += h.source_bytes_left;
+        self.source_bytes_done += h.source_bytes_done;
+    }
 }
 
 /// A task that failed, mismatched, or is being retried.
@@ -484,18 +635,28 @@ pub async fn status(db: &Db, problems: i64) -> Result<Status> {
         .query(sql::STATUS_BY_HYPERTABLE, &[], what)
         .await?
         .iter()
-        .map(|r| HypertableStatus {
-            hypertable: QualifiedName::from_row(r, 0),
-            continuous_aggregate: r.get(2),
-            pending: r.get(3),
-            done: r.get(4),
-            failed: r.get(5),
-            skipped: r.get(6),
-            verified: r.get(7),
-            mismatched: r.get(8),
-            rows_copied: r.get(9),
-            bytes_copied: r.get(10),
-            estimated_bytes_left: r.get(11),
+        .map(|r| {
+            let bytes_copied: i64 = r.get(10);
+            let left = projected_bytes_left(r.get(11), r.get(13), bytes_copied);
+            HypertableStatus {
+                hypertable: QualifiedName::from_row(r, 0),
+                continuous_aggregate: r.get(2),
+                chunks: r.get(14),
+                split_chunks: r.get(15),
+                pending: r.get(3),
+                done: r.get(4),
+                failed: r.get(5),
+                skipped: r.get(6),
+                verified: r.get(7),
+                mismatched: r.get(8),
+                rows_copied: r.get(9),
+                batches_copied: r.get(12),
+                bytes_copied,
+                estimated_bytes_left: left,
+                estimated_bytes_total: bytes_copied + left,
+                source_bytes_left: r.get(11),
+                source_bytes_done: r.get(13),
+            }
         })
         .collect();
     let problems = db
@@ -696,4 +857,19 @@ pub async fn complete_cagg_verify(
 pub async fn reset_cagg_verify(db: &Db) -> Result<u64> {
     db.execute(sql::RESET_CAGG_VERIFY, &[], "re-queueing verification")
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_left_are_projected_by_what_done_tasks_moved() {
+        // Nothing done yet: the source's table sizes as they are.
+        assert_eq!(projected_bytes_left(1000, 0, 0), 1000);
+        // Done tasks moved 60 bytes per 100 estimated: the rest likewise.
+        assert_eq!(projected_bytes_left(1000, 500, 300), 600);
+        assert_eq!(projected_bytes_left(0, 500, 300), 0);
+        assert_eq!(projected_bytes_left(-5, 0, 0), 0);
+    }
 }

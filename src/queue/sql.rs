@@ -10,7 +10,8 @@ pub const LOCK_KEY: i64 = 0x6879_7065_7266_696c; // "hyperfil"
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_queue.sql")),
     (2, include_str!("../../migrations/0002_task_parts.sql")),
-    (3, include_str!("../../migrations/0003_correctness.sql")),
+    (3, include_str!("../../migrations/0003_logical_rows.sql")),
+    (4, include_str!("../../migrations/0004_correctness.sql")),
 ];
 
 // language=PostgreSQL
@@ -105,19 +106,32 @@ macro_rules! task_columns {
     };
 }
 
-/// $1 = start of this run. Claim the next task to copy and lock its row for
-/// the rest of the transaction; failed tasks are retried once per run.
+/// $1 = --max-attempts. Claim the next task to copy and lock its row for the
+/// rest of the transaction. A task that has used up its attempts is never
+/// claimed again in this run, whichever worker or process failed it: every
+/// attempt is counted in the row before the row lock is released (see
+/// RECORD_FAILURE).
 // language=PostgreSQL
 pub const CLAIM_COPY: &str = concat!(
     "SELECT ",
     task_columns!(),
     "
 FROM __hyperfill.task
-WHERE state = 'pending' OR (state = 'failed' AND finished_at < $1)
+WHERE state = 'pending' AND attempts < $1
 ORDER BY estimated_bytes DESC, id
 LIMIT 1
 FOR NO KEY UPDATE SKIP LOCKED"
 );
+
+/// $1 = --max-attempts. At the start of a `copy` run: the failed tasks, and
+/// pending ones whose attempts a run with a higher limit left at or above
+/// ours, get a fresh set of attempts. Returns their ids.
+// language=PostgreSQL
+pub const REARM_FAILED: &str = "\
+UPDATE __hyperfill.task
+SET state = 'pending', attempts = 0
+WHERE state = 'failed' OR (state = 'pending' AND attempts >= $1)
+RETURNING id";
 
 /// Claim the next task to verify.
 // language=PostgreSQL
@@ -132,17 +146,18 @@ LIMIT 1
 FOR NO KEY UPDATE SKIP LOCKED"
 );
 
-/// $1 id, $2 rows, $3 bytes, $4 started_at, $5 message, $6/$7 target chunk,
-/// $8 why it was copied another way (or NULL), $9 the source watermark of a
-/// materialization chunk (or NULL).
+/// $1 id, $2 logical rows, $3 bytes, $4 started_at, $5 message, $6/$7
+/// target chunk, $8 compressed batches (NULL: none), $9 why it was copied
+/// another way (or NULL), $10 the source watermark of a materialization
+/// chunk (or NULL).
 // language=PostgreSQL
 pub const COMPLETE_COPY: &str = "\
 UPDATE __hyperfill.task
-SET state = 'done', rows_copied = $2, bytes_copied = $3, started_at = $4,
+SET state = 'done', rows_copied = $2, bytes_copied = $3, started_at = $4, batches_copied = $8,
     finished_at = clock_timestamp(), message = $5, last_error = NULL,
     attempts = attempts + 1, target_chunk_schema = $6, target_chunk_name = $7,
-    fallback = $8::text, source_watermark = $9::bigint,
-    verify_state = 'pending', verify_message = NULL, verified_at = NULL
+    fallback = $9::text, source_watermark = $10::bigint,
+    verify_state = 'pending', verify_message = NULL, verified_at = NULL, verify_details = NULL
 WHERE id = $1";
 
 /// $1 id, $2 message.
@@ -153,27 +168,47 @@ SET state = 'skipped', finished_at = clock_timestamp(), message = $2, last_error
     verify_state = NULL
 WHERE id = $1";
 
-/// $1 id, $2 new state ('pending' to retry, 'failed', 'skipped'), $3 error
-/// text (the message, for 'skipped'). Runs in its own transaction after the
-/// task's rolled back; does nothing when another worker has meanwhile claimed
-/// or finished the task.
+/// $1 id, $2 what the failure calls for ('retry', 'failed' or 'skipped'),
+/// $3 error text (the message, for 'skipped'), $4 --max-attempts. Counts the
+/// attempt; a retry that has used up its attempts fails. Returns the new
+/// state and attempts.
+///
+/// Runs either in the task's own transaction, rolled back to the savepoint
+/// taken right after the claim, so the row lock is never released before
+/// the attempt is counted; or, when that connection is lost, in its own
+/// transaction on a fresh one, where it does nothing if another worker has
+/// meanwhile claimed the task (the row is locked) or finished it.
 // language=PostgreSQL
 pub const RECORD_FAILURE: &str = "\
 UPDATE __hyperfill.task
-SET state = $2::text,
+SET state = CASE WHEN $2::text = 'skipped' THEN 'skipped'
+                 WHEN $2::text = 'failed' OR attempts + 1 >= $4::integer THEN 'failed'
+                 ELSE 'pending' END,
     last_error = CASE WHEN $2::text = 'skipped' THEN NULL ELSE $3 END,
     message = CASE WHEN $2::text = 'skipped' THEN $3 ELSE message END,
     attempts = attempts + 1, finished_at = clock_timestamp()
 WHERE id = (SELECT id FROM __hyperfill.task
-            WHERE id = $1 AND state IN ('pending', 'failed')
-            FOR UPDATE SKIP LOCKED)";
+            WHERE id = $1 AND state = 'pending'
+            FOR UPDATE SKIP LOCKED)
+RETURNING state, attempts";
 
-/// $1 id, $2 verify state, $3 message.
+/// $1 id, $2 verify state, $3 message, $4 details (jsonb, NULL on a match).
 // language=PostgreSQL
 pub const COMPLETE_VERIFY: &str = "\
 UPDATE __hyperfill.task
-SET verify_state = $2, verify_message = $3, verified_at = clock_timestamp()
+SET verify_state = $2, verify_message = $3, verified_at = clock_timestamp(), verify_details = $4
 WHERE id = $1";
+
+/// The tasks whose last verification found a difference: hypertable
+/// schema and table, cagg view (or NULL), chunk schema and table, part,
+/// message, details.
+// language=PostgreSQL
+pub const MISMATCHED_TASKS: &str = "\
+SELECT hypertable_schema, hypertable_name,
+       CASE WHEN cagg_name IS NOT NULL THEN format('%I.%I', cagg_schema, cagg_name) END,
+       chunk_schema, chunk_name, part, coalesce(verify_message, ''), verify_details
+FROM __hyperfill.task WHERE state = 'done' AND verify_state = 'mismatch'
+ORDER BY hypertable_schema, hypertable_name, chunk_schema, chunk_name, part";
 
 /// Mark every copied task for verification again.
 // language=PostgreSQL
@@ -181,13 +216,23 @@ pub const RESET_VERIFY: &str = "\
 UPDATE __hyperfill.task SET verify_state = 'pending'
 WHERE state = 'done' AND verify_state IS DISTINCT FROM 'pending'";
 
-/// Counts per state: state, verify_state, tasks, rows, bytes, estimated bytes.
+/// Counts per state: state, verify_state, tasks, rows, bytes, estimated
+/// bytes. (Rows and bytes are the last copy's: a task re-queued by a wider
+/// stage carries them until it is copied again, so only `done` tasks' count.)
 // language=PostgreSQL
 pub const COUNTS: &str = "\
 SELECT state, verify_state, count(*), coalesce(sum(rows_copied), 0)::bigint,
        coalesce(sum(bytes_copied), 0)::bigint, coalesce(sum(estimated_bytes), 0)::bigint
 FROM __hyperfill.task
 GROUP BY state, verify_state";
+
+/// The chunks the tasks left to copy (pending or failed) belong to, and how
+/// many of those chunks are split into parts.
+// language=PostgreSQL
+pub const CHUNKS_TO_COPY: &str = "\
+SELECT count(DISTINCT (chunk_schema, chunk_name)),
+       count(DISTINCT (chunk_schema, chunk_name)) FILTER (WHERE part > 0)
+FROM __hyperfill.task WHERE state IN ('pending', 'failed')";
 
 /// Failed tasks with their errors: chunk schema, chunk name, error.
 // language=PostgreSQL
@@ -196,7 +241,9 @@ SELECT chunk_schema, chunk_name, coalesce(last_error, '')
 FROM __hyperfill.task WHERE state = 'failed' ORDER BY id";
 
 /// Per hypertable: schema, table, cagg view (or NULL), tasks per state,
-/// verification outcomes, rows and bytes copied, estimated bytes left.
+/// verification outcomes, logical rows, compressed batches and bytes copied
+/// (done tasks), estimated source bytes of the tasks left and of the done
+/// ones, chunks, chunks split into parts.
 // language=PostgreSQL
 pub const STATUS_BY_HYPERTABLE: &str = "\
 SELECT hypertable_schema, hypertable_name,
@@ -207,9 +254,13 @@ SELECT hypertable_schema, hypertable_name,
        count(*) FILTER (WHERE state = 'skipped'),
        count(*) FILTER (WHERE verify_state = 'match'),
        count(*) FILTER (WHERE verify_state = 'mismatch'),
-       coalesce(sum(rows_copied), 0)::bigint,
-       coalesce(sum(bytes_copied), 0)::bigint,
-       coalesce(sum(estimated_bytes) FILTER (WHERE state IN ('pending', 'failed')), 0)::bigint
+       coalesce(sum(rows_copied) FILTER (WHERE state = 'done'), 0)::bigint,
+       coalesce(sum(bytes_copied) FILTER (WHERE state = 'done'), 0)::bigint,
+       coalesce(sum(estimated_bytes) FILTER (WHERE state IN ('pending', 'failed')), 0)::bigint,
+       coalesce(sum(batches_copied) FILTER (WHERE state = 'done'), 0)::bigint,
+       coalesce(sum(estimated_bytes) FILTER (WHERE state = 'done'), 0)::bigint,
+       count(DISTINCT (chunk_schema, chunk_name)),
+       count(DISTINCT (chunk_schema, chunk_name)) FILTER (WHERE part > 0)
 FROM __hyperfill.task
 GROUP BY hypertable_schema, hypertable_name
 ORDER BY hypertable_schema, hypertable_name";

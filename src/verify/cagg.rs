@@ -11,7 +11,17 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::ident::{quote_ident, QualifiedName};
 
-use super::Outcome;
+/// What comparing one view found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewOutcome {
+    Match {
+        buckets: i64,
+    },
+    /// Readable description of the differences.
+    Mismatch(String),
+    /// The view no longer exists on the source.
+    Gone,
+}
 
 /// Either side. $1 = view schema, $2 = view name. The bucket column: the
 /// time column of the aggregate's materialization hypertable, which the view
@@ -131,7 +141,7 @@ pub async fn verify_view(
     tt: TimeType,
     start: Option<i64>,
     end: i64,
-) -> Result<Outcome> {
+) -> Result<ViewOutcome> {
     let bucket: Option<String> = tgt
         .query_opt(
             BUCKET_COLUMN,
@@ -141,20 +151,20 @@ pub async fn verify_view(
         .await?
         .map(|r| r.get(0));
     let Some(bucket) = bucket else {
-        return Ok(Outcome::Mismatch(format!(
+        return Ok(ViewOutcome::Mismatch(format!(
             "continuous aggregate {view} no longer exists on the target"
         )));
     };
     let columns = catalog::relation_columns(src, view).await?;
     if columns.is_empty() {
-        return Ok(Outcome::SourceGone);
+        return Ok(ViewOutcome::Gone);
     }
     let sql = per_bucket_query(ext, view, &bucket, tt, &columns, start.is_some());
     let s = buckets(src, &sql, start, end, view).await?;
     let t = match buckets(tgt, &sql, start, end, view).await {
         Ok(t) => t,
         Err(e @ Error::Db { .. }) => {
-            return Ok(Outcome::Mismatch(format!(
+            return Ok(ViewOutcome::Mismatch(format!(
                 "cannot summarize {view} on the target: {e}"
             )))
         }
@@ -176,8 +186,8 @@ pub async fn verify_view(
         }
     }
     if only_source.is_empty() && only_target.is_empty() && differ.is_empty() {
-        return Ok(Outcome::Match {
-            rows: s.len() as i64,
+        return Ok(ViewOutcome::Match {
+            buckets: s.len() as i64,
         });
     }
     let list = |v: &[&str]| {
@@ -209,7 +219,7 @@ pub async fn verify_view(
             list(&differ)
         ));
     }
-    Ok(Outcome::Mismatch(format!(
+    Ok(ViewOutcome::Mismatch(format!(
         "continuous aggregate {view} differs ({} bucket(s) on the source): {}",
         s.len(),
         parts.join("; ")

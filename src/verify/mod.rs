@@ -17,16 +17,73 @@ pub enum Outcome {
     Match {
         rows: i64,
     },
-    /// Readable description of every difference.
-    Mismatch(String),
+    Mismatch(Mismatch),
     /// The source chunk no longer exists: nothing to compare.
     SourceGone,
+}
+
+/// What differs between the two sides of one task.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Mismatch {
+    /// Readable description of every difference.
+    #[serde(skip)]
+    pub message: String,
+    /// Rows in the task's range on each side (`None`: not counted, e.g. the
+    /// target chunk is missing or could not be read).
+    pub source_rows: Option<i64>,
+    pub target_rows: Option<i64>,
+    pub differences: Vec<Difference>,
+}
+
+impl Mismatch {
+    /// A chunk that could not be compared at all: only a message.
+    pub fn unreadable(message: String) -> Self {
+        Mismatch {
+            message,
+            source_rows: None,
+            target_rows: None,
+            differences: Vec::new(),
+        }
+    }
+
+    /// The structured part, for the queue and JSON.
+    pub fn details(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// One aggregate that differs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Difference {
+    /// The column, or `None` for the row count.
+    pub column: Option<String>,
+    /// `row count`, `non-null count`, `min (as text)`, `max (as text)`, `sum`.
+    pub aggregate: &'static str,
+    pub source: Option<String>,
+    pub target: Option<String>,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "NULL".into());
+        if let Some(c) = &self.column {
+            write!(f, "column \"{c}\": ")?;
+        }
+        write!(
+            f,
+            "{}: source={} target={}",
+            self.aggregate,
+            show(&self.source),
+            show(&self.target)
+        )
+    }
 }
 
 /// One aggregate of the summary.
 #[derive(Debug, Clone)]
 struct Field {
-    label: String,
+    column: Option<String>,
+    aggregate: &'static str,
     kind: FieldKind,
 }
 
@@ -51,47 +108,48 @@ fn summary_query(
 ) -> (String, Vec<Field>) {
     let mut exprs = vec!["count(*)::text".to_string()];
     let mut fields = vec![Field {
-        label: "row count".into(),
+        column: None,
+        aggregate: "row count",
         kind: FieldKind::Exact,
     }];
     for c in columns {
         let q = quote_ident(&c.name);
-        let mut push = |e: String, label: String, kind: FieldKind| {
+        let mut push = |e: String, aggregate: &'static str, kind: FieldKind| {
             exprs.push(e);
-            fields.push(Field { label, kind });
+            fields.push(Field {
+                column: Some(c.name.clone()),
+                aggregate,
+                kind,
+            });
         };
         push(
             format!("count({q})::text"),
-            format!("column \"{}\": non-null count", c.name),
+            "non-null count",
             FieldKind::Exact,
         );
         push(
             format!("min({q}::text COLLATE \"C\")"),
-            format!("column \"{}\": min (as text)", c.name),
+            "min (as text)",
             FieldKind::Exact,
         );
         push(
             format!("max({q}::text COLLATE \"C\")"),
-            format!("column \"{}\": max (as text)", c.name),
+            "max (as text)",
             FieldKind::Exact,
         );
         let ty = c.type_name.as_str();
         if c.type_schema == "pg_catalog" {
             if matches!(ty, "smallint" | "integer" | "bigint") || ty.starts_with("numeric") {
-                push(
-                    format!("sum({q})::text"),
-                    format!("column \"{}\": sum", c.name),
-                    FieldKind::Exact,
-                );
+                push(format!("sum({q})::text"), "sum", FieldKind::Exact);
             } else if matches!(ty, "real" | "double precision") {
                 push(
                     format!("sum({q}::float8)::text"),
-                    format!("column \"{}\": sum", c.name),
+                    "sum",
                     FieldKind::FloatSum,
                 );
                 push(
                     format!("sum(abs({q}::float8))::text"),
-                    format!("column \"{}\": sum of absolute values", c.name),
+                    "sum of absolute values",
                     FieldKind::FloatAbsSum,
                 );
             }
@@ -116,9 +174,8 @@ async fn summarize(db: &Db, rel: &QualifiedName, sql: &str) -> Result<Vec<Option
 }
 
 /// Compare the two summaries; returns the list of differences.
-fn compare(fields: &[Field], src: &[Option<String>], tgt: &[Option<String>]) -> Vec<String> {
+fn compare(fields: &[Field], src: &[Option<String>], tgt: &[Option<String>]) -> Vec<Difference> {
     let mut diffs = Vec::new();
-    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "NULL".into());
     for (i, f) in fields.iter().enumerate() {
         let (s, t) = (&src[i], &tgt[i]);
         let equal = match f.kind {
@@ -127,15 +184,19 @@ fn compare(fields: &[Field], src: &[Option<String>], tgt: &[Option<String>]) -> 
             FieldKind::FloatSum => float_close(s, t, src.get(i + 1), tgt.get(i + 1)),
         };
         if !equal {
-            diffs.push(format!(
-                "{}: source={} target={}",
-                f.label,
-                show(s),
-                show(t)
-            ));
+            diffs.push(Difference {
+                column: f.column.clone(),
+                aggregate: f.aggregate,
+                source: s.clone(),
+                target: t.clone(),
+            });
         }
     }
     diffs
+}
+
+fn row_count(summary: &[Option<String>]) -> Option<i64> {
+    summary.first()?.as_deref()?.parse().ok()
 }
 
 fn float_close(
@@ -162,8 +223,14 @@ fn float_close(
 }
 
 /// Verify one task. Both transactions are open; the caller records the outcome.
-pub async fn verify_task(src: &Db, tgt: &Db, task: &Task) -> Result<Outcome> {
-    if !catalog::chunk_exists(src, &task.chunk).await? {
+pub async fn verify_task(
+    src: &Db,
+    tgt: &Db,
+    features: (&catalog::Features, &catalog::Features),
+    task: &Task,
+) -> Result<Outcome> {
+    let (s_features, t_features) = features;
+    if !catalog::chunk_exists(src, s_features, &task.chunk).await? {
         return Ok(Outcome::SourceGone);
     }
     let src_cols = catalog::relation_columns(src, &task.chunk).await?;
@@ -172,6 +239,7 @@ pub async fn verify_task(src: &Db, tgt: &Db, task: &Task) -> Result<Outcome> {
     let s = summarize(src, &task.chunk, &sql_src).await?;
     let Some(target) = target_chunk::find(
         tgt,
+        t_features,
         &task.hypertable,
         task.target_chunk.as_ref(),
         &task.slices,
@@ -181,31 +249,47 @@ pub async fn verify_task(src: &Db, tgt: &Db, task: &Task) -> Result<Outcome> {
         if s[0].as_deref() == Some("0") {
             return Ok(Outcome::Match { rows: 0 });
         }
-        return Ok(Outcome::Mismatch(format!(
-            "the target has no chunk for source chunk {} (was it dropped on the target?). \
-             Stage and copy it again",
-            task.chunk
-        )));
+        return Ok(Outcome::Mismatch(Mismatch {
+            message: format!(
+                "the target has no chunk for source chunk {} (was it dropped on the target?). \
+                 Stage and copy it again",
+                task.chunk
+            ),
+            source_rows: row_count(&s),
+            target_rows: Some(0),
+            differences: Vec::new(),
+        }));
     };
     let (sql_tgt, _) = summary_query(&target, &src_cols, filter.as_deref());
     let t = match summarize(tgt, &target, &sql_tgt).await {
         Ok(t) => t,
         Err(e) => {
-            return Ok(Outcome::Mismatch(format!(
-                "cannot summarize target chunk {target}: {e}"
-            )))
+            return Ok(Outcome::Mismatch(Mismatch {
+                source_rows: row_count(&s),
+                ..Mismatch::unreadable(format!("cannot summarize target chunk {target}: {e}"))
+            }))
         }
     };
     let diffs = compare(&fields, &s, &t);
     if diffs.is_empty() {
-        let rows = s[0].as_deref().and_then(|x| x.parse().ok()).unwrap_or(0);
-        Ok(Outcome::Match { rows })
+        Ok(Outcome::Match {
+            rows: row_count(&s).unwrap_or(0),
+        })
     } else {
-        Ok(Outcome::Mismatch(format!(
-            "source {} and target {target} differ: {}",
-            task.chunk,
-            diffs.join("; ")
-        )))
+        Ok(Outcome::Mismatch(Mismatch {
+            message: format!(
+                "source {} and target {target} differ: {}",
+                task.chunk,
+                diffs
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            source_rows: row_count(&s),
+            target_rows: row_count(&t),
+            differences: diffs,
+        }))
     }
 }
 
@@ -219,6 +303,7 @@ mod tests {
             type_name: ty.into(),
             type_schema: "pg_catalog".into(),
             needs_text: false,
+            binary_io: String::new(),
             generated: false,
         }
     }
@@ -259,10 +344,7 @@ mod tests {
         assert!(compare(&fields, &mk("1.2000000000000002"), &mk("1.2")).is_empty());
         let d = compare(&fields, &mk("1.2"), &mk("1.3"));
         assert_eq!(d.len(), 1);
-        assert!(
-            d[0].contains("column \"v\": sum: source=1.2 target=1.3"),
-            "{d:?}"
-        );
+        assert_eq!(d[0].to_string(), "column \"v\": sum: source=1.2 target=1.3");
     }
 
     #[test]
@@ -280,7 +362,10 @@ mod tests {
             Some("a".into()),
             Some("z".into()),
         ];
-        let d = compare(&fields, &s, &t);
+        let d: Vec<String> = compare(&fields, &s, &t)
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
         assert_eq!(
             d,
             vec![
@@ -288,5 +373,6 @@ mod tests {
                 "column \"x\": non-null count: source=10 target=9"
             ]
         );
+        assert_eq!(row_count(&s), Some(10));
     }
 }

@@ -87,13 +87,22 @@ async fn invalidations_without_trigger(c: &tokio_postgres::Client) -> bool {
     .get(0)
 }
 
-/// Invalidations the copy cannot avoid: from 2.23 on, the rows of a
+/// Invalidations the copy cannot avoid: from 2.23 to 2.27, the rows of a
 /// partially compressed chunk must go through the hypertable (only that sets
 /// the partial flag), which records one invalidation for the one partial
 /// chunk of this dataset. Everything else is written with
-/// `timescaledb.restoring` on and records nothing.
+/// `timescaledb.restoring` on and records nothing. From 2.28,
+/// `timescaledb.skip_cagg_invalidation` keeps out that one too.
 async fn unavoidable(c: &tokio_postgres::Client) -> i64 {
-    if invalidations_without_trigger(c).await {
+    let skip_setting: bool = c
+        .query_one(
+            "SELECT current_setting('timescaledb.skip_cagg_invalidation', true) IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    if invalidations_without_trigger(c).await && !skip_setting {
         1
     } else {
         0

@@ -381,7 +381,7 @@ async fn verify_reports_a_changed_target_and_exits_non_zero() {
     db.copy(&["--requeue-mismatched"])
         .await
         .assert_ok()
-        .assert_contains("Re-queued 2 chunk(s)")
+        .assert_contains("Re-queued 2 task(s)")
         .assert_contains("Copying 2 chunk(s)");
     db.verify(&[]).await.assert_ok().assert_contains("2 match");
     assert_eq!(

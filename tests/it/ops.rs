@@ -32,6 +32,48 @@ async fn check_json(db: &Dbs, target: &str) -> (i32, serde_json::Value) {
     (r.code, v)
 }
 
+async fn server_version(c: &tokio_postgres::Client) -> (String, i32) {
+    let row = c
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int / 10000",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn check_reports_both_postgres_versions_and_a_major_change() {
+    let Some(db) = Dbs::new("check_majors").await else {
+        return;
+    };
+    db.both(METRICS).await.unwrap();
+    let (sv, sm) = server_version(&db.src).await;
+    let (tv, tm) = server_version(&db.tgt).await;
+    let r = db
+        .run(&["check", "--source", "{S}", "--target", "{T}"])
+        .await;
+    r.assert_ok()
+        .assert_contains(&format!("on PostgreSQL {sv}, target"))
+        .assert_contains(&format!("on PostgreSQL {tv};"));
+    let (_, v) = check_json(&db, "{T}").await;
+    assert_eq!(v["result"]["source_postgres"], sv.as_str());
+    assert_eq!(v["result"]["target_postgres"], tv.as_str());
+    let noted = findings(&v).iter().any(|f| f.1 == "postgres-majors");
+    assert_eq!(
+        noted,
+        sm != tm,
+        "postgres-majors note when {sm} -> {tm}: {v}"
+    );
+    if sm != tm {
+        r.assert_contains(&format!(
+            "the source runs PostgreSQL {sv} and the target PostgreSQL {tv}: supported"
+        ));
+    }
+    db.cleanup().await;
+}
+
 #[tokio::test]
 async fn check_passes_on_a_ready_pair_and_reports_size() {
     let Some(db) = Dbs::new("check_ready").await else {

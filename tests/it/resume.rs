@@ -146,7 +146,7 @@ async fn copy_interrupted_with_ctrl_c_finishes_in_flight_chunk_and_exits_130() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Shutting down"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Stopping"));
     wait_for_hyperfill_sessions_to_end(&db).await;
     assert_target_matches_done_tasks(&db).await;
     let pending = db

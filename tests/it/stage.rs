@@ -76,7 +76,7 @@ async fn stage_twice_never_duplicates_and_creates_missing_target_chunks() {
     db.stage(&["--until", "2024-01-05 12:00+00"])
         .await
         .assert_ok()
-        .assert_contains("Skipping 10 chunk(s)");
+        .assert_contains("Skipping 10 task(s)");
     assert_eq!(
         db.tgt_i64("SELECT count(*) FROM __hyperfill.task").await,
         10
@@ -207,7 +207,7 @@ async fn stage_restage_with_later_until_requeues_the_boundary_chunk() {
 
     let r = db.stage(&["--until", "2024-01-07 06:00+00"]).await;
     r.assert_ok()
-        .assert_contains("re-queued 2 with a wider range");
+        .assert_contains("re-queued 2 chunk(s) with a wider range");
     db.copy(&[]).await.assert_ok();
     let (s, t) = below("2024-01-07 06:00+00").await;
     assert_eq!(
@@ -307,6 +307,7 @@ async fn stage_upgrades_a_queue_created_by_an_earlier_version() {
         .batch_execute(
             "ALTER TABLE __hyperfill.task DROP CONSTRAINT task_chunk_part_key;
              ALTER TABLE __hyperfill.task DROP COLUMN part;
+             ALTER TABLE __hyperfill.task DROP COLUMN batches_copied, DROP COLUMN verify_details;
              ALTER TABLE __hyperfill.task ADD CONSTRAINT task_chunk_schema_chunk_name_key UNIQUE (chunk_schema, chunk_name);
              DELETE FROM __hyperfill.migration WHERE version > 1;",
         )
@@ -316,7 +317,7 @@ async fn stage_upgrades_a_queue_created_by_an_earlier_version() {
     assert_eq!(
         db.tgt_i64("SELECT max(version)::bigint FROM __hyperfill.migration")
             .await,
-        2
+        3
     );
     assert_eq!(db.tgt_i64("SELECT count(*) FROM __hyperfill.task").await, 8);
     db.copy(&[]).await.assert_ok();

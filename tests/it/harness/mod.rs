@@ -120,6 +120,13 @@ impl Dbs {
         )
     }
 
+    /// Fresh databases on the given servers (a test's private clusters).
+    pub async fn on(name: &str, source_admin: &str, target_admin: &str) -> Dbs {
+        Self::create(name, source_admin, target_admin)
+            .await
+            .expect("creating the test databases")
+    }
+
     async fn create(name: &str, s: &str, t: &str) -> Result<Dbs> {
         let db = format!("hf_{name}");
         assert!(
@@ -207,7 +214,11 @@ impl Dbs {
     /// Restore the source's schema into the target the way the migration
     /// guide does: pg_dump with the chunk data excluded.
     pub async fn restore_schema_with_pg_dump(&self) -> Result {
-        let bindir = std::env::var("HYPERFILL_PG_BINDIR")
+        // The target's client tools (scripts/lib/clusters.sh env sets
+        // HYPERFILL_TARGET_PG_BINDIR for a cross-major pair): pg_dump must
+        // be at least as new as the source, as on migration day.
+        let bindir = std::env::var("HYPERFILL_TARGET_PG_BINDIR")
+            .or_else(|_| std::env::var("HYPERFILL_PG_BINDIR"))
             .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
         let dump = tokio::process::Command::new(format!("{bindir}/pg_dump"))
             .args([
@@ -440,4 +451,17 @@ fn with_db_replaces_the_database() {
         "postgres://u@h:1/x?sslmode=disable"
     );
     assert_eq!(with_db("postgres://u@h:1", "x"), "postgres://u@h:1/x");
+}
+
+/// `1234567` → `1,234,567`, as hyperfill prints counts.
+pub fn thousands(n: i64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && c != '-' && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -1,4 +1,4 @@
--- hyperfill queue schema, version 3. Runs on the TARGET (see 0001).
+-- hyperfill queue schema, version 4. Runs on the TARGET (see 0001).
 --
 -- fallback:          why a chunk was copied another way than staged, NULL
 --                    when it was not. Today: the target refused the source's
