@@ -72,7 +72,7 @@ async fn status_copy_and_verify_list_a_hypertable_no_stage_selected() {
     .await
     .assert_ok()
     .assert_contains(
-        "WARNING: --until 1704326400000 is far past the data of \"public\".\"counters\"",
+        "Warning: --until 1704326400000 is far past the data of \"public\".\"counters\"",
     )
     .assert_contains(
         "its 4 chunk(s) cover [1704067200, 1704412800) (bigint), so every one of them is selected",
