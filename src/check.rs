@@ -267,6 +267,7 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
         cascade_down: false,
     };
     let hypertables = catalog::selected_hypertables(&src, &selection).await?;
+    mixed_time_types(&hypertables, &mut f);
     let uses_licensed = check_hypertables(&src, &tgt, &hypertables, &mut f).await?;
     if uses_licensed && !t_ext.is_community() {
         f.add(
@@ -535,6 +536,54 @@ async fn privileges(
         );
     }
     Ok(())
+}
+
+/// `--until` is read as each hypertable's time type: points in time for
+/// timestamptz/timestamp/date, numbers for integer time columns. A
+/// selection with both needs one `stage` per kind, and a forgotten one
+/// leaves those hypertables behind.
+fn mixed_time_types(hypertables: &[catalog::SelectedHypertable], f: &mut Findings) {
+    let mut times = Vec::new();
+    let mut integers = Vec::new();
+    for h in hypertables {
+        let name = match &h.cagg {
+            Some(v) => v.to_string(),
+            None => h.hypertable.to_string(),
+        };
+        match catalog::TimeType::from_pg(&h.time_type_name) {
+            Some(tt) if tt.is_integer() => integers.push(format!("{name} ({})", tt.sql())),
+            Some(tt) => times.push(format!("{name} ({})", tt.sql())),
+            None => {}
+        }
+    }
+    if times.is_empty() || integers.is_empty() {
+        return;
+    }
+    let show = |v: &[String]| {
+        let mut s = v.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        if v.len() > 5 {
+            s.push_str(&format!(", ... ({} in all)", v.len()));
+        }
+        s
+    };
+    f.add(
+        Severity::Warning,
+        "mixed-time-types",
+        Some(Side::Source),
+        format!(
+            "the selection mixes time types: {} hypertable(s) with a time column ({}) and {} with \
+             an integer time column ({}); one --until cannot serve both",
+            times.len(),
+            show(&times),
+            integers.len(),
+            show(&integers)
+        ),
+        Some(
+            "stage each kind separately with --filter and a T in its own unit (README: how \
+             bounds are read); `status` lists any hypertable left unstaged"
+                .into(),
+        ),
+    );
 }
 
 async fn partial_caggs(src: &Db, features: &catalog::Features, f: &mut Findings) -> Result<()> {

@@ -67,8 +67,8 @@ pub fn for_release(f: &Features) -> Vec<(&'static str, &'static str, Check)> {
             Prepare,
         ),
         (
-            "copy::invalidation::TRIGGER_DEF",
-            copy::invalidation::TRIGGER_DEF,
+            "copy::invalidation::USER_TRIGGERS",
+            copy::invalidation::USER_TRIGGERS,
             Prepare,
         ),
         ("caggs::SOURCE_CAGGS", caggs::SOURCE_CAGGS, Prepare),

@@ -1,5 +1,6 @@
 //! Continuous aggregates: which ones a filter selects, their watermarks, and
-//! the refresh of the target's from its watermark up to the source's.
+//! the refresh of the target's from where the copied materialization ends
+//! up to the source's watermark.
 
 use crate::catalog::{Extension, TimeType};
 use crate::db::Db;
@@ -56,6 +57,49 @@ SELECT ca.user_view_schema::text, ca.user_view_name::text, tree.depth,
 FROM _timescaledb_catalog.continuous_agg ca
 JOIN tree ON tree.mat_hypertable_id = ca.mat_hypertable_id";
 
+/// A continuous aggregate on the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetCagg {
+    pub view: QualifiedName,
+    /// 0 for one built on a hypertable, parent + 1 for one built on a cagg.
+    pub depth: i32,
+    pub time_type: Option<TimeType>,
+    pub watermark: i64,
+}
+
+/// What the queue says about the copy of one cagg's materialization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    pub view: QualifiedName,
+    /// Where the staged tasks end (internal): the materialized rows below it
+    /// were staged for copying, nothing above it was.
+    pub staged_upper: i64,
+    /// The lowest source watermark a copied chunk was read at: below it the
+    /// copied rows are what the source had materialized.
+    pub copied_watermark: Option<i64>,
+    /// Tasks of the materialization still pending or failed.
+    pub not_copied: i64,
+}
+
+/// The last refresh `refresh-caggs` ran for a cagg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRefresh {
+    pub view: QualifiedName,
+    pub start: Option<i64>,
+    pub end: i64,
+}
+
+/// Where a refresh starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// From where the copied materialization ends (staged bound, or the
+    /// source watermark the copy read, whichever is lower).
+    Staged,
+    /// Its materialization was not staged: from the target's own watermark.
+    TargetWatermark,
+}
+
 /// One refresh to run.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Refresh {
@@ -65,39 +109,120 @@ pub struct Refresh {
     /// `None`: from the beginning (the target never materialized anything).
     pub start: Option<i64>,
     pub end: i64,
+    pub basis: Basis,
 }
 
-/// Plan the refreshes: for every selected cagg whose source watermark is past
-/// the target's, the window between the two, shallowest in the hierarchy first.
+/// The refreshes to run and what needs none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub refreshes: Vec<Refresh>,
+    /// On the source, not on the target.
+    pub missing: Vec<QualifiedName>,
+    /// Needing no refresh, with why.
+    pub up_to_date: Vec<(QualifiedName, String)>,
+    /// Not refreshed now, with why and what to do.
+    pub held_back: Vec<(QualifiedName, String)>,
+}
+
+/// Plan the refreshes, shallowest in the hierarchy first. A cagg whose
+/// materialization hyperfill copied is refreshed from where the copied rows
+/// end (the staged bound, or the source watermark the copy read if lower;
+/// or the target's own watermark if that is lower still) up to the source's
+/// watermark, even when the target's watermark claims more (a schema
+/// restored with pg_dump carries the source's). One that was not
+/// staged is refreshed from the target's watermark. A range that the last
+/// recorded refresh covered is not refreshed again.
 pub fn plan(
     source: &[(QualifiedName, i64)],
-    target: &[(QualifiedName, i32, Option<TimeType>, i64)],
-) -> Result<(Vec<Refresh>, Vec<QualifiedName>)> {
-    let mut out = Vec::new();
-    let mut missing = Vec::new();
+    target: &[TargetCagg],
+    staged: &[Staged],
+    last: &[LastRefresh],
+    show: impl Fn(TimeType, i64) -> String,
+) -> Result<Plan> {
+    let mut p = Plan::default();
     for (view, src_wm) in source {
-        let Some((_, depth, tt, tgt_wm)) = target.iter().find(|t| &t.0 == view) else {
-            missing.push(view.clone());
+        let Some(t) = target.iter().find(|t| &t.view == view) else {
+            p.missing.push(view.clone());
             continue;
         };
-        let Some(tt) = tt else {
+        let Some(tt) = t.time_type else {
             return Err(Error::Internal(format!(
                 "continuous aggregate {view} has no time dimension"
             )));
         };
-        if tgt_wm >= src_wm {
+        let (start, basis) = match staged.iter().find(|s| &s.view == view) {
+            Some(s) if s.not_copied > 0 => {
+                p.held_back.push((
+                    view.clone(),
+                    format!(
+                        "{} chunk(s) of its materialization are not copied yet: run copy, then \
+                         refresh-caggs again",
+                        s.not_copied
+                    ),
+                ));
+                continue;
+            }
+            Some(s) => {
+                let copied_end = s.staged_upper.min(s.copied_watermark.unwrap_or(i64::MAX));
+                // A target watermark below that (restored before the source
+                // materialized those buckets) starts the refresh earlier, so
+                // that the target's watermark ends equal to the source's.
+                let start = if t.watermark != i64::MIN {
+                    copied_end.min(t.watermark)
+                } else {
+                    copied_end
+                };
+                (Some(start), Basis::Staged)
+            }
+            None => (
+                (t.watermark != i64::MIN).then_some(t.watermark),
+                Basis::TargetWatermark,
+            ),
+        };
+        if start.is_some_and(|s| s >= *src_wm) {
+            let why = match basis {
+                Basis::Staged => format!(
+                    "its copied materialization reaches the source's watermark ({})",
+                    show(tt, *src_wm)
+                ),
+                Basis::TargetWatermark => "materialized as far as on the source".to_string(),
+            };
+            p.up_to_date.push((view.clone(), why));
             continue;
         }
-        out.push(Refresh {
+        let covered = last.iter().find(|l| &l.view == view).filter(|l| {
+            let starts_before = match (l.start, start) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(a), Some(b)) => a <= b,
+            };
+            starts_before && l.end >= *src_wm
+        });
+        if let Some(l) = covered {
+            p.up_to_date.push((
+                view.clone(),
+                format!(
+                    "already refreshed by refresh-caggs in range [{}, {})",
+                    l.start
+                        .map(|v| show(tt, v))
+                        .unwrap_or_else(|| "the beginning".into()),
+                    show(tt, l.end)
+                ),
+            ));
+            continue;
+        }
+        p.refreshes.push(Refresh {
             view: view.clone(),
-            depth: *depth,
-            time_type: *tt,
-            start: (*tgt_wm != i64::MIN).then_some(*tgt_wm),
+            depth: t.depth,
+            time_type: tt,
+            start,
             end: *src_wm,
+            basis,
         });
     }
-    out.sort_by(|a, b| (a.depth, &a.view).cmp(&(b.depth, &b.view)));
-    Ok((out, missing))
+    p.refreshes
+        .sort_by(|a, b| (a.depth, &a.view).cmp(&(b.depth, &b.view)));
+    Ok(p)
 }
 
 pub async fn source_watermarks(
@@ -119,7 +244,7 @@ pub async fn source_watermarks(
         .collect())
 }
 
-pub async fn target_caggs(db: &Db) -> Result<Vec<(QualifiedName, i32, Option<TimeType>, i64)>> {
+pub async fn target_caggs(db: &Db) -> Result<Vec<TargetCagg>> {
     let rows = db
         .query(
             TARGET_CAGGS,
@@ -131,18 +256,18 @@ pub async fn target_caggs(db: &Db) -> Result<Vec<(QualifiedName, i32, Option<Tim
         .iter()
         .map(|r| {
             let tt: Option<String> = r.get(3);
-            (
-                QualifiedName::from_row(r, 0),
-                r.get(2),
-                tt.as_deref().and_then(TimeType::from_pg),
-                r.get(4),
-            )
+            TargetCagg {
+                view: QualifiedName::from_row(r, 0),
+                depth: r.get(2),
+                time_type: tt.as_deref().and_then(TimeType::from_pg),
+                watermark: r.get(4),
+            }
         })
         .collect())
 }
 
 /// The SQL expression turning an internal value (`$n` as bigint) into the type.
-fn from_internal(ext: &Extension, tt: TimeType, param: &str) -> String {
+pub fn from_internal(ext: &Extension, tt: TimeType, param: &str) -> String {
     let f = quote_ident(&ext.functions_schema);
     match tt {
         TimeType::TimestampTz => format!("{f}.to_timestamp({param}::bigint)"),
@@ -153,27 +278,34 @@ fn from_internal(ext: &Extension, tt: TimeType, param: &str) -> String {
 }
 
 /// Run one refresh (autocommit: refresh_continuous_aggregate cannot run in a
-/// transaction block).
+/// transaction block). Not forced: TimescaleDB materializes the part of the
+/// window above the target's invalidation threshold, and below it the
+/// ranges the target logged invalidations for (rows dual-written after the
+/// schema was restored). (`force => true`, 2.18 and later, also
+/// materializes the bucket at the window's end, past the source's
+/// watermark.)
 pub async fn refresh(db: &Db, ext: &Extension, r: &Refresh) -> Result<()> {
     let start = match r.start {
         Some(_) => from_internal(ext, r.time_type, "$2"),
         None => format!("NULL::{}", r.time_type.sql()),
     };
-    let end = from_internal(ext, r.time_type, "$3");
+    let end = from_internal(
+        ext,
+        r.time_type,
+        if r.start.is_some() { "$3" } else { "$2" },
+    );
     let sql = format!(
         "CALL {}.refresh_continuous_aggregate($1::text::regclass, {start}, {end})",
         quote_ident(&ext.schema)
     );
-    let start_v = r.start.unwrap_or(0);
     let what = format!("refreshing continuous aggregate {}", r.view);
-    if r.start.is_some() {
-        db.execute(&sql, &[&r.view.sql(), &start_v, &r.end], &what)
-            .await?;
-    } else {
-        // $2 unused: keep the parameter list dense.
-        let sql = sql.replace("$3", "$2");
-        db.execute(&sql, &[&r.view.sql(), &r.end], &what).await?;
-    }
+    match r.start {
+        Some(start_v) => {
+            db.execute(&sql, &[&r.view.sql(), &start_v, &r.end], &what)
+                .await?
+        }
+        None => db.execute(&sql, &[&r.view.sql(), &r.end], &what).await?,
+    };
     Ok(())
 }
 
@@ -185,32 +317,106 @@ mod tests {
         QualifiedName::new("public", n)
     }
 
+    fn tc(n: &str, depth: i32, wm: i64) -> TargetCagg {
+        TargetCagg {
+            view: q(n),
+            depth,
+            time_type: Some(TimeType::TimestampTz),
+            watermark: wm,
+        }
+    }
+
+    fn show(_: TimeType, v: i64) -> String {
+        v.to_string()
+    }
+
     #[test]
-    fn refreshes_lagging_caggs_parents_first() {
+    fn unstaged_caggs_refresh_from_the_target_watermark_parents_first() {
         let source = vec![(q("daily"), 300), (q("hourly"), 200), (q("same"), 50)];
         let target = vec![
-            (q("daily"), 1, Some(TimeType::TimestampTz), 100),
-            (q("hourly"), 0, Some(TimeType::TimestampTz), i64::MIN),
-            (q("same"), 0, Some(TimeType::BigInt), 50),
+            tc("daily", 1, 100),
+            tc("hourly", 0, i64::MIN),
+            tc("same", 0, 50),
         ];
-        let (plan, missing) = plan(&source, &target).unwrap();
-        assert!(missing.is_empty());
-        assert_eq!(plan.len(), 2);
-        assert_eq!(plan[0].view, q("hourly"));
+        let p = plan(&source, &target, &[], &[], show).unwrap();
+        assert!(p.missing.is_empty());
+        assert_eq!(p.refreshes.len(), 2);
+        assert_eq!(p.refreshes[0].view, q("hourly"));
         assert_eq!(
-            plan[0].start, None,
+            p.refreshes[0].start, None,
             "never materialized: from the beginning"
         );
         assert_eq!(
-            (plan[1].view.clone(), plan[1].start, plan[1].end),
+            (
+                p.refreshes[1].view.clone(),
+                p.refreshes[1].start,
+                p.refreshes[1].end
+            ),
             (q("daily"), Some(100), 300)
         );
+        assert_eq!(p.refreshes[1].basis, Basis::TargetWatermark);
+        assert_eq!(p.up_to_date.len(), 1);
+    }
+
+    #[test]
+    fn staged_caggs_refresh_from_where_the_copy_ends_not_the_restored_watermark() {
+        // pg_dump carried the source's watermark (200) to the target; the
+        // copy staged rows below 150, read at source watermark 180.
+        let source = vec![(q("hourly"), 200)];
+        let target = vec![tc("hourly", 0, 200)];
+        let staged = |wm| Staged {
+            view: q("hourly"),
+            staged_upper: 150,
+            copied_watermark: wm,
+            not_copied: 0,
+        };
+        let p = plan(&source, &target, &[staged(Some(180))], &[], show).unwrap();
+        assert_eq!(p.refreshes.len(), 1);
+        assert_eq!((p.refreshes[0].start, p.refreshes[0].end), (Some(150), 200));
+        assert_eq!(p.refreshes[0].basis, Basis::Staged);
+        // Copied when the source had materialized less than the staged bound.
+        let p = plan(&source, &target, &[staged(Some(120))], &[], show).unwrap();
+        assert_eq!(p.refreshes[0].start, Some(120));
+        // A target watermark lower still (restored early) starts earlier.
+        let mut lagging = target.clone();
+        lagging[0].watermark = 100;
+        let p = plan(&source, &lagging, &[staged(Some(180))], &[], show).unwrap();
+        assert_eq!(p.refreshes[0].start, Some(100));
+        // Refreshed over that range before: nothing to do.
+        let last = [LastRefresh {
+            view: q("hourly"),
+            start: Some(120),
+            end: 200,
+        }];
+        let p = plan(&source, &target, &[staged(Some(120))], &last, show).unwrap();
+        assert!(p.refreshes.is_empty());
+        assert!(p.up_to_date[0].1.contains("already refreshed"), "{p:?}");
+    }
+
+    #[test]
+    fn a_cagg_whose_materialization_is_not_copied_yet_is_held_back() {
+        let staged = [Staged {
+            view: q("hourly"),
+            staged_upper: 150,
+            copied_watermark: None,
+            not_copied: 2,
+        }];
+        let p = plan(
+            &[(q("hourly"), 200)],
+            &[tc("hourly", 0, 200)],
+            &staged,
+            &[],
+            show,
+        )
+        .unwrap();
+        assert!(p.refreshes.is_empty());
+        assert!(p.held_back[0].1.contains("2 chunk(s)"));
     }
 
     #[test]
     fn caggs_missing_on_the_target_are_reported() {
-        let (plan, missing) = plan(&[(q("x"), 5)], &[]).unwrap();
-        assert!(plan.is_empty());
-        assert_eq!(missing, vec![q("x")]);
+        let p = plan(&[(q("x"), 5)], &[], &[], &[], show).unwrap();
+        assert!(p.refreshes.is_empty());
+        assert_eq!(p.missing, vec![q("x")]);
     }
 }

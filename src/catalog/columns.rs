@@ -18,6 +18,8 @@ pub struct Column {
     pub needs_text: bool,
     /// The type's binary output and input functions (and its element's).
     pub binary_io: String,
+    /// A generated column: its value is computed by the server that stores it.
+    pub generated: bool,
 }
 
 /// The live columns of a relation in attribute order; empty when it does not exist.
@@ -37,6 +39,7 @@ pub async fn relation_columns(db: &Db, rel: &QualifiedName) -> Result<Vec<Column
             type_schema: r.get(2),
             needs_text: r.get(3),
             binary_io: r.get(4),
+            generated: r.get(5),
         })
         .collect())
 }
@@ -115,6 +118,7 @@ mod tests {
             type_schema: "pg_catalog".into(),
             needs_text: false,
             binary_io: "int4send int4recv".into(),
+            generated: false,
         }
     }
 

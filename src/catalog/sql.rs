@@ -166,9 +166,11 @@ pub const RELATION_EXISTS: &str = "SELECT to_regclass($1::text) IS NOT NULL";
 /// whether binary COPY cannot carry it between two databases (no send/receive
 /// function, a composite, or an array of a composite or of a type created in
 /// the database, whose binary form embeds OIDs that differ between databases),
-/// and the functions that write and read its binary form (of the base type,
+/// the functions that write and read its binary form (of the base type,
 /// and of the element type for an array): two servers whose functions differ
-/// (say, across PostgreSQL majors) exchange that column as text.
+/// (say, across PostgreSQL majors) exchange that column as text; and whether
+/// it is a generated column (`GENERATED ALWAYS AS (...) STORED`, or VIRTUAL
+/// from PostgreSQL 18), which COPY FROM cannot write.
 // language=PostgreSQL
 pub const RELATION_COLUMNS: &str = "\
 SELECT a.attname::text,
@@ -176,7 +178,8 @@ SELECT a.attname::text,
        tn.nspname::text,
        (b.typsend = 0 OR b.typreceive = 0 OR b.typtype = 'c'
         OR (b.typcategory = 'A' AND (e.oid >= 16384 OR e.typtype = 'c'))) AS needs_text,
-       concat_ws(' ', b.typsend::text, b.typreceive::text, e.typsend::text, e.typreceive::text)
+       concat_ws(' ', b.typsend::text, b.typreceive::text, e.typsend::text, e.typreceive::text),
+       a.attgenerated <> '' AS generated
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 JOIN pg_namespace tn ON tn.oid = t.typnamespace

@@ -44,6 +44,8 @@ pub struct CopyReport {
     pub seconds: f64,
     /// Tasks still pending in the queue afterwards.
     pub remaining: u64,
+    /// Source hypertables with chunks that no stage selected.
+    pub left_behind: Vec<queue::LeftBehind>,
     /// Failed attempts that were tried again (each task's final failure is
     /// in `failed`, once).
     pub retries: u64,
@@ -73,6 +75,8 @@ pub enum Event {
         stats: CopyStats,
         elapsed: std::time::Duration,
         estimated: u64,
+        /// Why it was copied another way than staged.
+        fallback: Option<String>,
     },
     Skipped {
         task: i64,
@@ -190,6 +194,8 @@ impl CopyJob {
             Outcome::Copied {
                 stats,
                 target_chunk,
+                fallback,
+                source_watermark,
             } => {
                 let elapsed = clock.elapsed();
                 let message = format!(
@@ -205,6 +211,8 @@ impl CopyJob {
                     started,
                     message: &message,
                     target_chunk: target_chunk.as_ref(),
+                    fallback: fallback.as_deref(),
+                    source_watermark,
                 };
                 queue::complete_copy(&c.tgt, task.id, &done).await?;
                 c.src.batch("COMMIT", "ending a transaction").await?;
@@ -230,6 +238,7 @@ impl CopyJob {
                     stats,
                     elapsed,
                     estimated,
+                    fallback,
                 }
             }
             Outcome::SourceGone => {
@@ -467,6 +476,8 @@ impl Projection {
 pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let tgt = cfg.target.connect().await?;
     queue::require(&tgt).await?;
+    // A queue staged by an older hyperfill gets the newer columns.
+    queue::migrate(&tgt).await?;
     let src = cfg.source.connect().await?;
     let source = catalog::extension(&src).await?;
     let target = catalog::extension(&tgt).await?;
@@ -499,7 +510,14 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             "Nothing to copy: all {} staged task(s) are done or skipped. Use `stage` to add more.",
             before.total()
         ));
-        return Ok(CopyReport::default());
+        let extras = crate::commands::left_behind::read(&tgt).await?;
+        for l in crate::commands::left_behind::left_behind_lines(&extras.left_behind) {
+            ui::line(&l);
+        }
+        return Ok(CopyReport {
+            left_behind: extras.left_behind,
+            ..Default::default()
+        });
     }
     let (chunks, split) = queue::chunks_to_copy(&tgt).await?;
     let queued = queue::status(&tgt, 0).await?.hypertables;
@@ -587,6 +605,7 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                 stats,
                 elapsed,
                 estimated,
+                fallback,
             } => {
                 report.copied += 1;
                 report.rows += stats.rows;
@@ -606,6 +625,9 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                     ui::duration(elapsed),
                     ui::rate(stats.bytes, elapsed)
                 ));
+                if let Some(why) = fallback {
+                    progress.line(&format!("  note: {why}"));
+                }
             }
             Event::Skipped {
                 task,
@@ -724,6 +746,13 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                 report: serde_json::to_value(&report).unwrap_or_default(),
             });
         }
+    }
+    if let Ok(tgt) = cfg.target.connect().await {
+        let extras = crate::commands::left_behind::read(&tgt).await?;
+        for l in crate::commands::left_behind::left_behind_lines(&extras.left_behind) {
+            ui::line(&l);
+        }
+        report.left_behind = extras.left_behind;
     }
     ui::line("Execute the 'verify' command to check the copied data.");
     Ok(report)

@@ -2,6 +2,7 @@
 
 pub mod bounds;
 pub mod copy;
+pub mod left_behind;
 pub mod stage;
 pub mod verify;
 
@@ -23,8 +24,10 @@ pub async fn clean(target: &ConnInfo) -> Result<bool> {
     Ok(existed)
 }
 
-/// `refresh-caggs`: refresh each target continuous aggregate from its
-/// watermark up to the source's, parents before the caggs built on them.
+/// `refresh-caggs`: refresh each target continuous aggregate from where its
+/// copied materialization ends (see [`crate::caggs::plan`]) up to the
+/// source's watermark, parents before the caggs built on them, and record
+/// each refresh in the queue for `verify`.
 pub async fn refresh_caggs(
     source: &ConnInfo,
     target: &ConnInfo,
@@ -46,9 +49,34 @@ pub async fn refresh_caggs(
         ui::line("No continuous aggregates to refresh.");
         return Ok(Vec::new());
     }
-    let (plan, missing) = caggs::plan(&source_wm, &caggs::target_caggs(&tgt).await?)?;
-    if !missing.is_empty() {
-        let names: Vec<String> = missing.iter().map(|v| v.to_string()).collect();
+    // What the copy did, when hyperfill's queue is there to say.
+    let queued = queue::exists(&tgt).await?;
+    if queued {
+        queue::migrate(&tgt).await?;
+    }
+    let (staged, last) = if queued {
+        let last = queue::cagg_refreshes(&tgt)
+            .await?
+            .into_iter()
+            .map(|r| caggs::LastRefresh {
+                view: r.view,
+                start: r.start,
+                end: r.end,
+            })
+            .collect();
+        (queue::staged_caggs(&tgt).await?, last)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let plan = caggs::plan(
+        &source_wm,
+        &caggs::target_caggs(&tgt).await?,
+        &staged,
+        &last,
+        ui::internal_time,
+    )?;
+    if !plan.missing.is_empty() {
+        let names: Vec<String> = plan.missing.iter().map(|v| v.to_string()).collect();
         return Err(crate::error::Error::Incompatible(format!(
             "continuous aggregate(s) {} exist on the source but not on the target. Restore the \
              target's schema from a pg_dump of the source, or leave them out with --filter. \
@@ -56,44 +84,83 @@ pub async fn refresh_caggs(
             names.join(", ")
         )));
     }
-    if plan.is_empty() {
-        ui::line(&format!(
-            "All {} continuous aggregate(s) are already materialized as far as on the source.",
-            source_wm.len()
-        ));
-        return Ok(plan);
+    for (view, why) in &plan.up_to_date {
+        ui::line(&format!("Continuous aggregate {view}: up to date, {why}."));
     }
-    for r in &plan {
+    for (view, why) in &plan.held_back {
+        ui::line(&format!(
+            "NOT REFRESHED: continuous aggregate {view}: {why}."
+        ));
+    }
+    for r in &plan.refreshes {
         let start = r
             .start
             .map(|v| ui::internal_time(r.time_type, v))
             .unwrap_or_else(|| "the beginning".into());
+        let basis = match r.basis {
+            caggs::Basis::Staged => "from where its copied materialization ends",
+            caggs::Basis::TargetWatermark => {
+                "from the target's own watermark: its materialization was not staged by hyperfill"
+            }
+        };
         ui::line(&format!(
-            "Refreshing continuous aggregate {} in range [{start}, {})",
+            "Refreshing continuous aggregate {} in range [{start}, {}) ({basis}, up to the source's watermark)",
             r.view,
             ui::internal_time(r.time_type, r.end)
         ));
         let clock = std::time::Instant::now();
         caggs::refresh(&tgt, &target_ext, r).await?;
+        if queued {
+            queue::record_cagg_refresh(&tgt, &r.view, r.time_type.sql(), r.start, r.end).await?;
+        }
         ui::line(&format!("  done in {}", ui::duration(clock.elapsed())));
     }
-    ui::line(&format!(
-        "Refreshed {} continuous aggregate(s).",
-        plan.len()
-    ));
-    Ok(plan)
+    if plan.refreshes.is_empty() && plan.held_back.is_empty() {
+        ui::line(&format!(
+            "All {} continuous aggregate(s) are already materialized as far as on the source.",
+            source_wm.len()
+        ));
+    } else {
+        ui::line(&format!(
+            "Refreshed {} continuous aggregate(s){}.{}",
+            plan.refreshes.len(),
+            if plan.held_back.is_empty() {
+                String::new()
+            } else {
+                format!("; {} not refreshed (see above)", plan.held_back.len())
+            },
+            if queued && !plan.refreshes.is_empty() {
+                " Execute the 'verify' command to compare their views on both sides."
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(plan.refreshes)
+}
+
+/// What `status` reports: the queue's figures, and the lists of
+/// [`left_behind`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusReport {
+    #[serde(flatten)]
+    pub queue: queue::Status,
+    #[serde(flatten)]
+    pub extras: left_behind::Extras,
 }
 
 /// `status`: the queue at a glance (the table only in human mode; with
 /// `--output json` the caller prints the returned value).
-pub async fn status(target: &ConnInfo, errors: i64) -> Result<queue::Status> {
+pub async fn status(target: &ConnInfo, errors: i64) -> Result<StatusReport> {
     let tgt = target.connect().await?;
     queue::require(&tgt).await?;
     // A queue staged by an older release lacks newer columns.
     queue::migrate(&tgt).await?;
     let st = queue::status(&tgt, errors.max(0)).await?;
+    let extras = left_behind::read(&tgt).await?;
     if !ui::json_mode() {
         ui::print_status(&st);
+        left_behind::print(&extras);
     }
-    Ok(st)
+    Ok(StatusReport { queue: st, extras })
 }

@@ -159,6 +159,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     }
     let hypertables = catalog::selected_hypertables(&src, &cfg.selection).await?;
     let chunks = catalog::source_chunks(&src, &source_ext.features, &cfg.selection).await?;
+    let inventory = crate::commands::left_behind::source_inventory(&src).await?;
     src.batch("COMMIT", "ending a transaction").await?;
     if hypertables.is_empty() {
         return Err(match &cfg.selection.filter {
@@ -186,9 +187,14 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     )
     .await?;
     let tasks = plan::split_huge(plan::tasks_for(&chunks, &windows));
+    let warnings = bound_warnings(&chunks, &windows);
 
+    // Everything that can refuse the stage is checked before anything is
+    // created on the target (the queue schema, chunks).
+    check_source_privileges(&src, &tasks).await?;
     check_target_hypertables(&src, &tgt, &tasks).await?;
     check_compression_settings(&src, &tgt, &source_ext.features, &tasks).await?;
+    check_chunk_shapes(&tgt, &target_ext.features, &tasks).await?;
 
     for n in &bound_notes {
         ui::line(&format!("Note: {n}"));
@@ -196,9 +202,13 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     let mut report = StageReport {
         dry_run: cfg.dry_run,
         notes: bound_notes,
+        warnings,
         ..Default::default()
     };
     if tasks.is_empty() {
+        for w in &report.warnings {
+            ui::line(&format!("Warning: {w}"));
+        }
         ui::line(&format!(
             "No chunks to stage: {} hypertable(s) matched, none has chunks before --until.",
             hypertables.len()
@@ -219,6 +229,11 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     } else {
         queue::migrate(&tgt).await?;
         queue::lock(&tgt).await?;
+        // What the source has, and what this stage selected: `status`,
+        // `copy` and `verify` list what no stage selected.
+        let selected: std::collections::HashSet<QualifiedName> =
+            hypertables.iter().map(|h| h.hypertable.clone()).collect();
+        queue::record_source_hypertables(&tgt, &inventory, &selected).await?;
         queue::task_windows(&tgt).await?
     };
     let actions = plan::classify(&tasks, &existing);
@@ -356,6 +371,68 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     report.requeued = widened_rows.len() as u64;
     queue::unlock(&tgt).await?;
     Ok(report)
+}
+
+/// Bounds that are far outside a hypertable's data, most likely in another
+/// unit than its time column (an integer `--until` in milliseconds for a
+/// column in seconds selects every chunk; in seconds for a column in
+/// milliseconds, none): one sentence per hypertable, saying what was
+/// selected. "Far past" means beyond the newest chunk's end by more than
+/// the whole span of its chunks.
+pub fn bound_warnings(
+    chunks: &[SourceChunk],
+    windows: &HashMap<catalog::TimeType, plan::Window>,
+) -> Vec<String> {
+    let mut span: BTreeMap<&QualifiedName, (catalog::TimeType, i64, i64, usize)> = BTreeMap::new();
+    for c in chunks {
+        let Some(tt) = catalog::TimeType::from_pg(&c.time_type_name) else {
+            continue;
+        };
+        let e = span
+            .entry(&c.hypertable)
+            .or_insert((tt, c.time_start, c.time_end, 0));
+        e.1 = e.1.min(c.time_start);
+        e.2 = e.2.max(c.time_end);
+        e.3 += 1;
+    }
+    let mut out = Vec::new();
+    for (ht, (tt, start, end, n)) in span {
+        let Some(w) = windows.get(&tt) else {
+            continue;
+        };
+        let show = |v: i64| ui::internal_time(tt, v);
+        let data = format!(
+            "its {n} chunk(s) cover [{}, {}) ({})",
+            show(start),
+            show(end),
+            tt.sql()
+        );
+        let u = w.until.internal;
+        let width = end.saturating_sub(start).max(1);
+        if u > end && u.saturating_sub(end) > width {
+            out.push(format!(
+                "--until {} is far past the data of {ht}: {data}, so every one of them is \
+                 selected. If that is not meant, the bound is in another unit than the time \
+                 column; stage {ht} again with a value of its own unit",
+                w.until.literal
+            ));
+        } else if u <= start {
+            out.push(format!(
+                "--until {} is before the data of {ht}: {data}, so none of them is selected. If \
+                 that is not meant, the bound is in another unit than the time column",
+                w.until.literal
+            ));
+        }
+        if let Some(f) = &w.from {
+            if f.internal >= end {
+                out.push(format!(
+                    "--from {} is past the data of {ht}: {data}, so none of them is selected",
+                    f.literal
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Count what the stage adds: tasks, chunks, split chunks, hypertables and
@@ -538,6 +615,21 @@ async fn check_target_hypertables(
         let src_cols = catalog::relation_columns(src, ht).await?;
         match catalog::hypertable_columns(tgt, ht).await? {
             None => problems.push(format!("{label} does not exist on the target")),
+            Some(_) if !is_hypertable(tgt, ht).await? => {
+                let time_column = tasks
+                    .iter()
+                    .find(|t| &t.chunk.hypertable == ht)
+                    .map(|t| t.chunk.time_column.as_str())
+                    .unwrap_or("time");
+                problems.push(format!(
+                    "{label} exists on the target but is not a hypertable (it is on the source). \
+                     Fix: on the target, SELECT create_hypertable('{}', by_range({}, <the source's \
+                     chunk interval>)); while it is empty, or restore the target's schema from a \
+                     pg_dump of the source",
+                    ht.sql().replace('\'', "''"),
+                    crate::ident::quote_literal(time_column)
+                ))
+            }
             Some(tgt_cols) => {
                 for d in catalog::column_differences(&src_cols, &tgt_cols) {
                     problems.push(format!("{label}: {d}"));
@@ -554,6 +646,146 @@ async fn check_target_hypertables(
          out with --filter. Nothing was changed.",
         problems.join("\n  - ")
     )))
+}
+
+/// Target. $1 = hypertable schema, $2 = table. Whether TimescaleDB knows
+/// it as a hypertable.
+// language=PostgreSQL
+const IS_HYPERTABLE: &str = "\
+SELECT EXISTS (SELECT 1 FROM _timescaledb_catalog.hypertable WHERE schema_name = $1 AND table_name = $2)";
+
+async fn is_hypertable(db: &crate::db::Db, ht: &QualifiedName) -> Result<bool> {
+    Ok(db
+        .query_one(
+            IS_HYPERTABLE,
+            &[&ht.schema, &ht.name],
+            &format!("looking up hypertable {ht}"),
+        )
+        .await?
+        .get(0))
+}
+
+/// Source. $1 = quoted relation names. Those the session's role may not
+/// SELECT from (relations dropped meanwhile are left out).
+// language=PostgreSQL
+const NOT_READABLE: &str = "\
+SELECT r FROM unnest($1::text[]) AS r
+WHERE to_regclass(r) IS NOT NULL AND NOT has_table_privilege(to_regclass(r), 'SELECT')";
+
+/// The copy reads every staged chunk (and its compressed chunk) on the
+/// source: the source role must be allowed to SELECT from them.
+async fn check_source_privileges(src: &crate::db::Db, tasks: &[NewTask]) -> Result<()> {
+    let mut rels: Vec<String> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for t in tasks {
+        for rel in [Some(&t.chunk.hypertable), Some(&t.chunk.chunk)]
+            .into_iter()
+            .chain([t.chunk.compressed_chunk.as_ref()])
+            .flatten()
+        {
+            if seen.insert(rel.clone()) {
+                rels.push(rel.sql());
+            }
+        }
+    }
+    if rels.is_empty() {
+        return Ok(());
+    }
+    let denied: Vec<String> = src
+        .query(
+            NOT_READABLE,
+            &[&rels],
+            "checking the source role's privileges",
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if denied.is_empty() {
+        return Ok(());
+    }
+    let hypertables: BTreeSet<String> = tasks
+        .iter()
+        .filter(|t| {
+            denied.contains(&t.chunk.hypertable.sql())
+                || denied.contains(&t.chunk.chunk.sql())
+                || t.chunk
+                    .compressed_chunk
+                    .as_ref()
+                    .is_some_and(|c| denied.contains(&c.sql()))
+        })
+        .map(|t| t.chunk.hypertable.sql())
+        .collect();
+    let shown: Vec<&str> = denied.iter().take(10).map(String::as_str).collect();
+    Err(Error::Precondition {
+        side: crate::error::Side::Source,
+        message: format!(
+            "the source role lacks the SELECT privilege on {} relation(s) the copy reads: {}{}. \
+             Fix: on the source, GRANT SELECT ON {} TO <role> (TimescaleDB passes it on to the \
+             chunks), or connect as a role that may read them. Nothing was changed",
+            denied.len(),
+            shown.join(", "),
+            if denied.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            },
+            hypertables.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
+/// A source chunk with no target chunk of exactly its slices is created on
+/// the target; a target chunk that overlaps it with other slices would make
+/// that fail half-way through the stage. Refuse before creating anything.
+async fn check_chunk_shapes(
+    tgt: &crate::db::Db,
+    features: &catalog::Features,
+    tasks: &[NewTask],
+) -> Result<()> {
+    let mut by_ht: BTreeMap<&QualifiedName, Vec<&SourceChunk>> = BTreeMap::new();
+    for t in tasks {
+        by_ht.entry(&t.chunk.hypertable).or_default().push(&t.chunk);
+    }
+    let mut problems = Vec::new();
+    for (ht, chunks) in by_ht {
+        let known = catalog::target_chunks_by_slices(tgt, features, ht).await?;
+        let mut reported = BTreeSet::new();
+        for c in chunks {
+            if known.iter().any(|(slices, _)| slices == &c.slices) {
+                continue;
+            }
+            if let Some((_, other)) = known.iter().find(|(slices, _)| overlaps(slices, &c.slices)) {
+                if reported.insert(other.clone()) {
+                    problems.push(format!(
+                        "target chunk {other} of {ht} overlaps source chunk {} without the same \
+                         slices",
+                        c.chunk
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Incompatible(format!(
+        "the target partitions time (or space) differently from the source:\n  - {}\nRestore \
+         the target's schema from a pg_dump of the source (see README), so both sides have the \
+         same chunk interval and space partitioning. Nothing was changed.",
+        problems.join("\n  - ")
+    )))
+}
+
+/// Whether two chunks' slices overlap in every dimension (a dimension only
+/// one of them has counts as overlapping).
+fn overlaps(a: &[catalog::Slice], b: &[catalog::Slice]) -> bool {
+    // (`Option::is_none_or` needs Rust 1.82; the crate supports 1.80.)
+    a.iter()
+        .all(|x| match b.iter().find(|y| y.column == x.column) {
+            Some(y) => x.start < y.end && y.start < x.end,
+            None => true,
+        })
 }
 
 /// A compressed source chunk is copied batch by batch into a target

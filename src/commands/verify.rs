@@ -32,17 +32,29 @@ pub struct VerifyReport {
     pub mismatched: u64,
     pub skipped: u64,
     pub seconds: f64,
+    /// Continuous aggregates whose refreshed range was compared.
+    pub caggs_matched: u64,
+    pub caggs_mismatched: u64,
+    #[serde(flatten)]
+    pub extras: crate::commands::left_behind::Extras,
     pub mismatches: Vec<queue::MismatchedTask>,
 }
 
 /// Fail with exit code 7, carrying the report (for `--output json`), when
 /// any mismatch is on record.
 async fn finish(target: &ConnInfo, mut report: VerifyReport) -> Result<VerifyReport> {
-    let recorded = match target.connect().await {
-        Ok(tgt) => queue::mismatched_tasks(&tgt).await?,
-        Err(_) => Vec::new(),
+    let (recorded, caggs) = match target.connect().await {
+        Ok(tgt) => (
+            queue::mismatched_tasks(&tgt).await?,
+            queue::cagg_refreshes(&tgt)
+                .await?
+                .iter()
+                .filter(|r| r.verify_state.as_deref() == Some("mismatch"))
+                .count() as u64,
+        ),
+        Err(_) => (Vec::new(), report.caggs_mismatched),
     };
-    let mismatched = (recorded.len() as u64).max(report.mismatched);
+    let mismatched = (recorded.len() as u64).max(report.mismatched) + caggs;
     report.mismatches = recorded;
     if mismatched > 0 {
         for m in report.mismatches.iter().take(20) {
@@ -188,6 +200,7 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
     let target_ext = catalog::extension(&tgt).await?;
     if cfg.all {
         queue::reset_verify(&tgt).await?;
+        queue::reset_cagg_verify(&tgt).await?;
     }
     let before = queue::counts(&tgt).await?;
     let todo = before.verify_pending;
@@ -199,8 +212,10 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
             before.verified_mismatch,
             before.pending + before.failed
         ));
+        let mut report = VerifyReport::default();
+        views_and_left_behind(&src, &tgt, &target_ext, &mut report).await?;
         drop((src, tgt));
-        return finish(&cfg.target, VerifyReport::default()).await;
+        return finish(&cfg.target, report).await;
     }
     drop((src, tgt));
     let workers = cfg.parallelism.min(todo as usize).max(1);
@@ -279,6 +294,11 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
         report.skipped
     ));
     pool_result?;
+    if !shutdown.graceful.is_cancelled() {
+        let src = cfg.source.connect().await?;
+        let tgt = cfg.target.connect().await?;
+        views_and_left_behind(&src, &tgt, &target_ext, &mut report).await?;
+    }
     // The exit code reflects every mismatch on record, this run's or earlier.
     let report = finish(&cfg.target, report).await?;
     if shutdown.graceful.is_cancelled() {
@@ -292,4 +312,71 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
          then `hyperfill clean` to remove the queue.",
     );
     Ok(report)
+}
+
+/// After the chunks: each view `refresh-caggs` refreshed and that is still
+/// to verify is compared per bucket over the refreshed range; a cagg whose
+/// materialization was copied but not refreshed yet is named; then the
+/// hypertables left behind and the chunks copied another way are listed.
+async fn views_and_left_behind(
+    src: &crate::db::Db,
+    tgt: &crate::db::Db,
+    ext: &catalog::Extension,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    use crate::verify::cagg::ViewOutcome;
+    let refreshes = queue::cagg_refreshes(tgt).await?;
+    for r in refreshes
+        .iter()
+        .filter(|r| r.verify_state.as_deref() == Some("pending"))
+    {
+        let Some(tt) = catalog::TimeType::from_pg(&r.time_type) else {
+            continue;
+        };
+        let range = format!(
+            "[{}, {})",
+            r.start
+                .map(|v| ui::internal_time(tt, v))
+                .unwrap_or_else(|| "the beginning".into()),
+            ui::internal_time(tt, r.end)
+        );
+        let outcome = verify::cagg::verify_view(src, tgt, ext, &r.view, tt, r.start, r.end).await?;
+        let (state, tag, message) = match &outcome {
+            ViewOutcome::Match { buckets } => {
+                report.caggs_matched += 1;
+                (
+                    VerifyState::Match,
+                    "Verified",
+                    format!("{buckets} bucket(s) in the refreshed range {range} match"),
+                )
+            }
+            ViewOutcome::Mismatch(m) => {
+                report.caggs_mismatched += 1;
+                (
+                    VerifyState::Mismatch,
+                    "MISMATCH in",
+                    format!("in the refreshed range {range}: {m}"),
+                )
+            }
+            ViewOutcome::Gone => (
+                VerifyState::Skipped,
+                "Skipped",
+                "the continuous aggregate no longer exists on the source".into(),
+            ),
+        };
+        queue::complete_cagg_verify(tgt, &r.view, state, &message).await?;
+        ui::line(&format!("{tag} continuous aggregate {}: {message}", r.view));
+    }
+    for s in queue::staged_caggs(tgt).await? {
+        if s.not_copied == 0 && !refreshes.iter().any(|r| r.view == s.view) {
+            ui::line(&format!(
+                "Continuous aggregate {}: its view above the copied rows is not verified: run \
+                 refresh-caggs, then verify again.",
+                s.view
+            ));
+        }
+    }
+    report.extras = crate::commands::left_behind::read(tgt).await?;
+    crate::commands::left_behind::print(&report.extras);
+    Ok(())
 }

@@ -190,7 +190,9 @@ pub async fn reset_to_empty_compressed(
 /// Copy a whole compressed source chunk: its batches as they are into the
 /// target's compressed chunk, then the rows a partially compressed source
 /// chunk holds outside its batches, through the hypertable so that
-/// TimescaleDB marks the target chunk partial as well.
+/// TimescaleDB marks the target chunk partial as well. When the target
+/// refuses the batches for a data-format reason, the chunk is copied as rows
+/// instead ([`super::fallback`]) and the reason is returned.
 pub async fn copy_whole(
     src: &Db,
     tgt: &Db,
@@ -199,7 +201,7 @@ pub async fn copy_whole(
     source: (&QualifiedName, &ChunkState),
     target: (&QualifiedName, &ChunkState),
     quiet: &Suppressed,
-) -> Result<CopyStats> {
+) -> Result<(CopyStats, Option<String>)> {
     let (s_chunk, s_state) = source;
     let (t_chunk, t_state) = target;
     let Some(s_compressed) = &s_state.compressed else {
@@ -221,6 +223,7 @@ pub async fn copy_whole(
             diffs.join("; ")
         )));
     }
+    super::fallback::before_batches(tgt).await?;
     let batches = copy_rows(
         ctx,
         src,
@@ -231,7 +234,22 @@ pub async fn copy_whole(
         "ONLY ",
         None,
     )
-    .await?;
+    .await;
+    let batches = match batches {
+        Ok(batches) => {
+            super::fallback::batches_accepted(tgt).await?;
+            batches
+        }
+        Err(e) => {
+            let Some(reason) = super::fallback::refused_for_format(&e) else {
+                return Err(e);
+            };
+            tracing::warn!(chunk = %s_chunk, "{reason}");
+            let stats =
+                super::fallback::copy_as_rows(src, tgt, ctx, s_chunk, t_chunk, quiet).await?;
+            return Ok((stats.into(), Some(reason)));
+        }
+    };
     // Counted on the target, which held no batches before this COPY: the
     // same figure as on the source, without another read there.
     let held: i64 = tgt
@@ -271,5 +289,5 @@ pub async fn copy_whole(
         stats.rows += more.rows;
         stats.bytes += more.bytes;
     }
-    Ok(stats)
+    Ok((stats, None))
 }

@@ -3,6 +3,7 @@
 //! records the outcome in the same target transaction.
 
 pub mod compressed;
+pub mod fallback;
 pub mod invalidation;
 mod pipe;
 pub mod target_chunk;
@@ -61,6 +62,11 @@ pub enum Outcome {
         stats: CopyStats,
         /// `None` only when nothing was copied into a chunk-less range.
         target_chunk: Option<QualifiedName>,
+        /// Why the chunk was copied another way than staged (see [`fallback`]).
+        fallback: Option<String>,
+        /// For a continuous aggregate's materialization: the aggregate's
+        /// watermark on the source in the snapshot the rows came from.
+        source_watermark: Option<i64>,
     },
     /// The source chunk no longer exists (dropped by retention, say).
     SourceGone,
@@ -77,7 +83,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     // Independent reads run concurrently: tokio-postgres pipelines them on
     // each connection, and the two sides work at the same time. (Writes stay
     // strictly in order.)
-    let (s_state, src_cols, mut target) = tokio::try_join!(
+    let (s_state, src_cols, mut target, source_watermark) = tokio::try_join!(
         compressed::chunk_state(src, &ctx.source.features, &task.chunk),
         catalog::relation_columns(src, &task.chunk),
         target_chunk::find(
@@ -87,6 +93,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             task.target_chunk.as_ref(),
             &task.slices
         ),
+        cagg_watermark(src, &task.hypertable),
     )?;
     let Some(s_state) = s_state else {
         return Ok(Outcome::SourceGone);
@@ -111,6 +118,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         // (Compression and continuous aggregates do not exist there.)
         let ht_cols = catalog::relation_columns(tgt, &task.hypertable).await?;
         check_columns(&task.chunk, &task.hypertable, &src_cols, &ht_cols)?;
+        let quiet = invalidation::suppress(tgt, None, ctx.invalidation).await?;
         let stats = copy_rows(
             ctx,
             src,
@@ -122,6 +130,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             filter.as_deref(),
         )
         .await?;
+        quiet.restore(tgt).await?;
         let created = target_chunk::find(
             tgt,
             &ctx.target.features,
@@ -142,6 +151,8 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         return Ok(Outcome::Copied {
             stats: stats.into(),
             target_chunk: created,
+            fallback: None,
+            source_watermark,
         });
     };
 
@@ -152,7 +163,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     let t_state =
         t_state.ok_or_else(|| Error::Internal(format!("target chunk {t_chunk} vanished")))?;
     check_columns(&task.chunk, &t_chunk, &src_cols, &tgt_cols)?;
-    let quiet = invalidation::suppress(tgt, &t_chunk, ctx.invalidation).await?;
+    let quiet = invalidation::suppress(tgt, Some(&t_chunk), ctx.invalidation).await?;
     if t_state.frozen {
         // Restored from a source whose chunk was frozen: thaw it for this
         // transaction only.
@@ -160,20 +171,23 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     }
     quiet.direct_writes(tgt).await?;
 
+    let mut fallback = None;
     let stats: CopyStats = match (&filter, &s_state.compressed) {
         // A whole compressed chunk: batches as they are.
-        (None, Some(_)) => {
-            compressed::copy_whole(
-                src,
-                tgt,
-                ctx,
-                &task.hypertable,
-                (&task.chunk, &s_state),
-                (&t_chunk, &t_state),
-                &quiet,
-            )
-            .await?
-        }
+        (None, Some(_)) => compressed::copy_whole(
+            src,
+            tgt,
+            ctx,
+            &task.hypertable,
+            (&task.chunk, &s_state),
+            (&t_chunk, &t_state),
+            &quiet,
+        )
+        .await
+        .map(|(stats, why)| {
+            fallback = why;
+            stats
+        })?,
         // A whole uncompressed chunk: the target ends uncompressed too.
         (None, None) => {
             if let Some(t_compressed) = &t_state.compressed {
@@ -231,7 +245,34 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
     Ok(Outcome::Copied {
         stats,
         target_chunk: Some(t_chunk),
+        fallback,
+        source_watermark,
     })
+}
+
+/// Source. $1 = hypertable schema, $2 = hypertable table. The watermark
+/// (internal int64) of the continuous aggregate this hypertable
+/// materializes, read in the transaction's snapshot; no row for any other
+/// hypertable.
+// language=PostgreSQL
+const CAGG_WATERMARK: &str = "\
+SELECT _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id)
+FROM _timescaledb_catalog.continuous_agg ca
+JOIN _timescaledb_catalog.hypertable h ON h.id = ca.mat_hypertable_id
+WHERE h.schema_name = $1 AND h.table_name = $2";
+
+/// The source watermark of the continuous aggregate `hypertable`
+/// materializes, if it materializes one: the copied rows are the source's
+/// materialization below it (see `caggs`).
+async fn cagg_watermark(src: &Db, hypertable: &QualifiedName) -> Result<Option<i64>> {
+    let row = src
+        .query_opt(
+            CAGG_WATERMARK,
+            &[&hypertable.schema, &hypertable.name],
+            &format!("reading the continuous-aggregate watermark of {hypertable}"),
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// Make TimescaleDB's own COPY path (2.22+) write exactly the rows sent, in
@@ -285,6 +326,19 @@ fn check_columns(
     )))
 }
 
+/// The columns COPY writes: the source's, except those the target generates
+/// itself (`GENERATED ALWAYS AS (...)`), which COPY FROM refuses and which
+/// the target computes from the others (verify then compares them).
+/// Identity columns are written as they are: COPY FROM takes their values
+/// even for `GENERATED ALWAYS AS IDENTITY`, as pg_restore relies on.
+pub fn columns_to_write(source: &[Column], target: &[Column]) -> Vec<Column> {
+    source
+        .iter()
+        .filter(|s| !target.iter().any(|t| t.name == s.name && t.generated))
+        .cloned()
+        .collect()
+}
+
 /// Remove what the target chunk holds in the task's range, so a re-run never
 /// duplicates. DELETE, not TRUNCATE: it takes no lock that blocks readers of
 /// the hypertable.
@@ -333,6 +387,7 @@ async fn copy_rows(
     filter: Option<&str>,
 ) -> Result<PipeStats> {
     let (columns, target_columns) = columns;
+    let columns = &columns_to_write(columns, target_columns);
     let list = columns
         .iter()
         .map(|c| quote_ident(&c.name))

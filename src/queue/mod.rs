@@ -291,6 +291,10 @@ pub struct CopyDone<'a> {
     pub started: SystemTime,
     pub message: &'a str,
     pub target_chunk: Option<&'a QualifiedName>,
+    /// Why the chunk was copied another way than staged.
+    pub fallback: Option<&'a str>,
+    /// A materialization chunk's continuous-aggregate watermark on the source.
+    pub source_watermark: Option<i64>,
 }
 
 /// Mark a task done, in the transaction that copied it.
@@ -306,6 +310,8 @@ pub async fn complete_copy(db: &Db, id: i64, done: &CopyDone<'_>) -> Result<()> 
             &done.target_chunk.map(|c| c.schema.as_str()),
             &done.target_chunk.map(|c| c.name.as_str()),
             &done.batches,
+            &done.fallback,
+            &done.source_watermark,
         ],
         "recording a finished copy task",
     )
@@ -669,6 +675,188 @@ pub async fn status(db: &Db, problems: i64) -> Result<Status> {
         problems,
         active_sessions,
     })
+}
+
+/// A source hypertable (or continuous aggregate) as `stage` recorded it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeftBehind {
+    pub hypertable: QualifiedName,
+    pub continuous_aggregate: Option<QualifiedName>,
+    /// `format_type` of its time column.
+    pub time_type: String,
+    pub chunks: i32,
+    /// The name `--filter` matches (`format('%I.%I')` of table or view).
+    pub filter_name: String,
+}
+
+/// Record the source's hypertables; `staged` marks those this stage selected.
+pub async fn record_source_hypertables(
+    db: &Db,
+    all: &[LeftBehind],
+    staged: &std::collections::HashSet<QualifiedName>,
+) -> Result<()> {
+    let rows: Vec<serde_json::Value> = all
+        .iter()
+        .map(|h| {
+            serde_json::json!({
+                "hypertable_schema": h.hypertable.schema,
+                "hypertable_name": h.hypertable.name,
+                "cagg_schema": h.continuous_aggregate.as_ref().map(|c| &c.schema),
+                "cagg_name": h.continuous_aggregate.as_ref().map(|c| &c.name),
+                "time_type": h.time_type,
+                "filter_name": h.filter_name,
+                "chunks": h.chunks,
+                "staged": staged.contains(&h.hypertable),
+            })
+        })
+        .collect();
+    db.execute(
+        sql::RECORD_SOURCE_HYPERTABLES,
+        &[&serde_json::Value::Array(rows)],
+        "recording the source's hypertables",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Source hypertables with chunks that were never staged.
+pub async fn left_behind(db: &Db) -> Result<Vec<LeftBehind>> {
+    let rows = db
+        .query(sql::LEFT_BEHIND, &[], "reading hypertables left behind")
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| LeftBehind {
+            hypertable: QualifiedName::from_row(r, 0),
+            continuous_aggregate: match (
+                r.get::<_, Option<String>>(2),
+                r.get::<_, Option<String>>(3),
+            ) {
+                (Some(s), Some(n)) => Some(QualifiedName::new(s, n)),
+                _ => None,
+            },
+            time_type: r.get(4),
+            chunks: r.get(5),
+            filter_name: r.get(6),
+        })
+        .collect())
+}
+
+/// Chunks copied another way than staged, with the reason.
+pub async fn copied_another_way(db: &Db) -> Result<Vec<(QualifiedName, String)>> {
+    let rows = db
+        .query(
+            sql::COPIED_ANOTHER_WAY,
+            &[],
+            "reading chunks copied another way",
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (QualifiedName::from_row(r, 0), r.get(2)))
+        .collect())
+}
+
+/// The newest migration applied (a queue staged by an older hyperfill lacks
+/// the later ones until the next `stage`, `copy` or `verify` applies them).
+pub async fn schema_version(db: &Db) -> Result<i32> {
+    Ok(db
+        .query_one(sql::SCHEMA_VERSION, &[], "reading the queue's version")
+        .await?
+        .get(0))
+}
+
+/// What the queue says about each cagg whose materialization was staged.
+pub async fn staged_caggs(db: &Db) -> Result<Vec<crate::caggs::Staged>> {
+    let rows = db
+        .query(
+            sql::STAGED_CAGGS,
+            &[],
+            "reading the staged continuous aggregates",
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::caggs::Staged {
+            view: QualifiedName::from_row(r, 0),
+            staged_upper: r.get(2),
+            copied_watermark: r.get(3),
+            not_copied: r.get(4),
+        })
+        .collect())
+}
+
+/// A refresh `refresh-caggs` ran, with what `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaggRefresh {
+    pub view: QualifiedName,
+    pub time_type: String,
+    pub start: Option<i64>,
+    pub end: i64,
+    pub verify_state: Option<String>,
+    pub verify_message: Option<String>,
+}
+
+/// The last refresh of every cagg.
+pub async fn cagg_refreshes(db: &Db) -> Result<Vec<CaggRefresh>> {
+    let rows = db
+        .query(sql::CAGG_REFRESHES, &[], "reading the recorded refreshes")
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| CaggRefresh {
+            view: QualifiedName::from_row(r, 0),
+            time_type: r.get(2),
+            start: r.get(3),
+            end: r.get(4),
+            verify_state: r.get(5),
+            verify_message: r.get(6),
+        })
+        .collect())
+}
+
+/// Record a refresh; its view is then to verify.
+pub async fn record_cagg_refresh(
+    db: &Db,
+    view: &QualifiedName,
+    time_type: &str,
+    start: Option<i64>,
+    end: i64,
+) -> Result<()> {
+    db.execute(
+        sql::RECORD_CAGG_REFRESH,
+        &[&view.schema, &view.name, &time_type, &start, &end],
+        "recording a refresh",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Record what verify found in a cagg's refreshed range.
+pub async fn complete_cagg_verify(
+    db: &Db,
+    view: &QualifiedName,
+    state: VerifyState,
+    message: &str,
+) -> Result<()> {
+    let s = match state {
+        VerifyState::Match => "match",
+        VerifyState::Mismatch => "mismatch",
+        VerifyState::Skipped => "pending",
+    };
+    db.execute(
+        sql::COMPLETE_CAGG_VERIFY,
+        &[&view.schema, &view.name, &s, &message],
+        "recording a verification",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Verify every recorded refresh again.
+pub async fn reset_cagg_verify(db: &Db) -> Result<u64> {
+    db.execute(sql::RESET_CAGG_VERIFY, &[], "re-queueing verification")
+        .await
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_queue.sql")),
     (2, include_str!("../../migrations/0002_task_parts.sql")),
     (3, include_str!("../../migrations/0003_logical_rows.sql")),
+    (4, include_str!("../../migrations/0004_correctness.sql")),
 ];
 
 // language=PostgreSQL
@@ -146,13 +147,16 @@ FOR NO KEY UPDATE SKIP LOCKED"
 );
 
 /// $1 id, $2 logical rows, $3 bytes, $4 started_at, $5 message, $6/$7
-/// target chunk, $8 compressed batches (NULL: none).
+/// target chunk, $8 compressed batches (NULL: none), $9 why it was copied
+/// another way (or NULL), $10 the source watermark of a materialization
+/// chunk (or NULL).
 // language=PostgreSQL
 pub const COMPLETE_COPY: &str = "\
 UPDATE __hyperfill.task
 SET state = 'done', rows_copied = $2, bytes_copied = $3, started_at = $4, batches_copied = $8,
     finished_at = clock_timestamp(), message = $5, last_error = NULL,
     attempts = attempts + 1, target_chunk_schema = $6, target_chunk_name = $7,
+    fallback = $9::text, source_watermark = $10::bigint,
     verify_state = 'pending', verify_message = NULL, verified_at = NULL, verify_details = NULL
 WHERE id = $1";
 
@@ -286,3 +290,86 @@ UPDATE __hyperfill.task
 SET state = 'pending', verify_state = NULL, verify_message = NULL, verified_at = NULL
 WHERE state = 'done' AND verify_state = 'mismatch'
 RETURNING id";
+
+/// Chunks copied another way than staged: chunk schema, chunk name, why.
+// language=PostgreSQL
+pub const COPIED_ANOTHER_WAY: &str = "\
+SELECT chunk_schema, chunk_name, fallback
+FROM __hyperfill.task WHERE state = 'done' AND fallback IS NOT NULL
+ORDER BY chunk_schema, chunk_name, part";
+
+/// $1 = jsonb array of {hypertable_schema, hypertable_name, cagg_schema,
+/// cagg_name, time_type, filter_name, chunks, staged}: record the source's
+/// hypertables as `stage` saw them; `staged` stays true once set.
+// language=PostgreSQL
+pub const RECORD_SOURCE_HYPERTABLES: &str = "\
+INSERT INTO __hyperfill.source_hypertable AS s (
+    hypertable_schema, hypertable_name, cagg_schema, cagg_name, time_type, filter_name, chunks, staged)
+SELECT hypertable_schema, hypertable_name, cagg_schema, cagg_name, time_type, filter_name, chunks, staged
+FROM jsonb_to_recordset($1::jsonb) AS x(
+    hypertable_schema text, hypertable_name text, cagg_schema text, cagg_name text,
+    time_type text, filter_name text, chunks integer, staged boolean)
+ON CONFLICT (hypertable_schema, hypertable_name) DO UPDATE
+SET cagg_schema = excluded.cagg_schema, cagg_name = excluded.cagg_name,
+    time_type = excluded.time_type, filter_name = excluded.filter_name,
+    chunks = excluded.chunks, staged = s.staged OR excluded.staged, seen_at = now()";
+
+/// Source hypertables with chunks that no stage selected and that have no
+/// task: schema, table, cagg view schema and name, time type, chunks,
+/// filter name.
+// language=PostgreSQL
+pub const LEFT_BEHIND: &str = "\
+SELECT s.hypertable_schema, s.hypertable_name, s.cagg_schema, s.cagg_name,
+       s.time_type, s.chunks, s.filter_name
+FROM __hyperfill.source_hypertable s
+WHERE NOT s.staged AND s.chunks > 0
+  AND NOT EXISTS (SELECT 1 FROM __hyperfill.task t
+                  WHERE t.hypertable_schema = s.hypertable_schema
+                    AND t.hypertable_name = s.hypertable_name)
+ORDER BY s.time_type, s.hypertable_schema, s.hypertable_name";
+
+/// The newest migration applied to the queue.
+// language=PostgreSQL
+pub const SCHEMA_VERSION: &str = "SELECT coalesce(max(version), 0) FROM __hyperfill.migration";
+
+/// Per continuous aggregate whose materialization was staged: view schema,
+/// view name, where its staged tasks end (internal), the lowest source
+/// watermark a copied chunk was read at, tasks still to copy.
+// language=PostgreSQL
+pub const STAGED_CAGGS: &str = "\
+SELECT cagg_schema, cagg_name,
+       max(coalesce(upper_internal, range_end)),
+       min(source_watermark) FILTER (WHERE state = 'done'),
+       count(*) FILTER (WHERE state IN ('pending', 'failed'))
+FROM __hyperfill.task
+WHERE cagg_name IS NOT NULL AND state <> 'skipped'
+GROUP BY cagg_schema, cagg_name";
+
+/// The last refresh per continuous aggregate: view schema, view name, time
+/// type, start (NULL: the beginning), end, verify state, verify message.
+// language=PostgreSQL
+pub const CAGG_REFRESHES: &str = "\
+SELECT view_schema, view_name, time_type, start_internal, end_internal, verify_state, verify_message
+FROM __hyperfill.cagg_refresh ORDER BY view_schema, view_name";
+
+/// $1 view schema, $2 view name, $3 time type, $4 start (or NULL), $5 end:
+/// record a refresh; its view is to verify.
+// language=PostgreSQL
+pub const RECORD_CAGG_REFRESH: &str = "\
+INSERT INTO __hyperfill.cagg_refresh AS r (view_schema, view_name, time_type, start_internal, end_internal, verify_state)
+VALUES ($1, $2, $3, $4, $5, 'pending')
+ON CONFLICT (view_schema, view_name) DO UPDATE
+SET time_type = excluded.time_type, start_internal = excluded.start_internal,
+    end_internal = excluded.end_internal, refreshed_at = now(),
+    verify_state = 'pending', verify_message = NULL, verified_at = NULL";
+
+/// $1 view schema, $2 view name, $3 verify state, $4 message.
+// language=PostgreSQL
+pub const COMPLETE_CAGG_VERIFY: &str = "\
+UPDATE __hyperfill.cagg_refresh
+SET verify_state = $3, verify_message = $4, verified_at = clock_timestamp()
+WHERE view_schema = $1 AND view_name = $2";
+
+/// Verify every recorded refresh again (`verify --all`).
+// language=PostgreSQL
+pub const RESET_CAGG_VERIFY: &str = "UPDATE __hyperfill.cagg_refresh SET verify_state = 'pending'";

@@ -1,5 +1,8 @@
-//! Per-chunk verification: the same summary query on both sides, compared.
-//! Knows nothing about the queue.
+//! Per-chunk verification: the same summary query on both sides, compared;
+//! and (`cagg`) a continuous aggregate's view compared per bucket over the
+//! range `refresh-caggs` refreshed. Knows nothing about the queue.
+
+pub mod cagg;
 
 use crate::catalog::{self, Column};
 use crate::copy::target_chunk;
@@ -301,6 +304,7 @@ mod tests {
             type_schema: "pg_catalog".into(),
             needs_text: false,
             binary_io: String::new(),
+            generated: false,
         }
     }
 

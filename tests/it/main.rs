@@ -4,15 +4,21 @@
 mod harness;
 
 mod caggs;
+mod caggs_refresh;
+mod columns;
 mod compressed;
 mod copy;
 mod errors;
+mod fallback;
 mod faults;
+mod left_behind;
 mod load;
 mod numbers;
 mod ops;
+mod refusals;
 mod replica;
 mod resume;
 mod stage;
 mod statements;
 mod tls;
+mod triggers;
