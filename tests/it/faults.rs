@@ -294,14 +294,14 @@ async fn copy_waits_for_a_server_that_is_busy_longer_than_the_stall_timeout() {
     let Some(db) = readings("fault_busy", 2).await else {
         return;
     };
-    // Each chunk's COPY spends 3 s in the server (a slow trigger): longer
+    // Each chunk's COPY spends 3 s in the server (a slow CHECK constraint; user triggers do not fire on copied rows): longer
     // than --stall-timeout, but the server is working, so nothing fails.
     db.tgt
         .batch_execute(
-            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN IF NEW.device = 1 AND extract(hour FROM NEW.time) = 12 AND extract(minute FROM NEW.time) = 0
-                   THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$;
-             CREATE TRIGGER slow BEFORE INSERT ON readings FOR EACH ROW EXECUTE FUNCTION slow();",
+            "CREATE FUNCTION slow(d int, t timestamptz) RETURNS bool LANGUAGE plpgsql AS $$
+             BEGIN IF d = 1 AND extract(hour FROM t) = 12 AND extract(minute FROM t) = 0
+                   THEN PERFORM pg_sleep(3); END IF; RETURN true; END $$;
+             ALTER TABLE readings ADD CONSTRAINT slow CHECK (slow(device, time));",
         )
         .await
         .unwrap();
@@ -406,9 +406,9 @@ async fn copy_retries_a_transient_failure_exactly_max_attempts_times_across_work
     // Every insert into the target fails with a serialization failure (40001).
     db.tgt
         .batch_execute(
-            "CREATE FUNCTION busy() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN RAISE EXCEPTION 'simulated conflict' USING ERRCODE = 'serialization_failure'; END $$;
-             CREATE TRIGGER busy BEFORE INSERT ON readings FOR EACH ROW EXECUTE FUNCTION busy();",
+            "CREATE FUNCTION busy(d int) RETURNS bool LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'simulated conflict' USING ERRCODE = 'serialization_failure'; RETURN true; END $$;
+             ALTER TABLE readings ADD CONSTRAINT busy CHECK (busy(device));",
         )
         .await
         .unwrap();
@@ -449,10 +449,10 @@ async fn copy_is_not_interrupted_by_server_timeouts_and_check_reports_them() {
     // Slow every insert down so that each COPY takes longer than 50 ms.
     db.tgt
         .batch_execute(
-            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN IF NEW.device = 1 AND extract(minute FROM NEW.time) = 0 AND extract(hour FROM NEW.time) = 0
-                   THEN PERFORM pg_sleep(0.2); END IF; RETURN NEW; END $$;
-             CREATE TRIGGER slow BEFORE INSERT ON readings FOR EACH ROW EXECUTE FUNCTION slow();",
+            "CREATE FUNCTION slow(d int, t timestamptz) RETURNS bool LANGUAGE plpgsql AS $$
+             BEGIN IF d = 1 AND extract(minute FROM t) = 0 AND extract(hour FROM t) = 0
+                   THEN PERFORM pg_sleep(0.2); END IF; RETURN true; END $$;
+             ALTER TABLE readings ADD CONSTRAINT slow CHECK (slow(device, time));",
         )
         .await
         .unwrap();
@@ -564,10 +564,10 @@ async fn ctrl_c_says_what_it_does_and_the_summary_says_what_happened() {
     // chunks are in flight when the signals arrive.
     db.tgt
         .batch_execute(
-            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN IF NEW.device = 1 AND extract(hour FROM NEW.time) = 12 AND extract(minute FROM NEW.time) = 0
-                   THEN PERFORM pg_sleep(1); END IF; RETURN NEW; END $$;
-             CREATE TRIGGER slow BEFORE INSERT ON readings FOR EACH ROW EXECUTE FUNCTION slow();",
+            "CREATE FUNCTION slow(d int, t timestamptz) RETURNS bool LANGUAGE plpgsql AS $$
+             BEGIN IF d = 1 AND extract(hour FROM t) = 12 AND extract(minute FROM t) = 0
+                   THEN PERFORM pg_sleep(1); END IF; RETURN true; END $$;
+             ALTER TABLE readings ADD CONSTRAINT slow CHECK (slow(device, time));",
         )
         .await
         .unwrap();

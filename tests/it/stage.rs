@@ -308,6 +308,8 @@ async fn stage_upgrades_a_queue_created_by_an_earlier_version() {
             "ALTER TABLE __hyperfill.task DROP CONSTRAINT task_chunk_part_key;
              ALTER TABLE __hyperfill.task DROP COLUMN part;
              ALTER TABLE __hyperfill.task DROP COLUMN batches_copied, DROP COLUMN verify_details;
+             ALTER TABLE __hyperfill.task DROP COLUMN fallback, DROP COLUMN source_watermark;
+             DROP TABLE __hyperfill.source_hypertable, __hyperfill.cagg_refresh;
              ALTER TABLE __hyperfill.task ADD CONSTRAINT task_chunk_schema_chunk_name_key UNIQUE (chunk_schema, chunk_name);
              DELETE FROM __hyperfill.migration WHERE version > 1;",
         )
@@ -317,7 +319,7 @@ async fn stage_upgrades_a_queue_created_by_an_earlier_version() {
     assert_eq!(
         db.tgt_i64("SELECT max(version)::bigint FROM __hyperfill.migration")
             .await,
-        3
+        4
     );
     assert_eq!(db.tgt_i64("SELECT count(*) FROM __hyperfill.task").await, 8);
     db.copy(&[]).await.assert_ok();
