@@ -294,18 +294,18 @@ async fn copy_waits_for_a_server_that_is_busy_longer_than_the_stall_timeout() {
     let Some(db) = readings("fault_busy", 2).await else {
         return;
     };
-    // Each chunk's COPY spends 3 s in the server (a slow CHECK constraint; user triggers do not fire on copied rows): longer
+    // Each chunk's COPY spends 5 s in the server (a slow CHECK constraint; user triggers do not fire on copied rows): longer
     // than --stall-timeout, but the server is working, so nothing fails.
     db.tgt
         .batch_execute(
             "CREATE FUNCTION slow(d int, t timestamptz) RETURNS bool LANGUAGE plpgsql AS $$
              BEGIN IF d = 1 AND extract(hour FROM t) = 12 AND extract(minute FROM t) = 0
-                   THEN PERFORM pg_sleep(3); END IF; RETURN true; END $$;
+                   THEN PERFORM pg_sleep(5); END IF; RETURN true; END $$;
              ALTER TABLE readings ADD CONSTRAINT slow CHECK (slow(device, time));",
         )
         .await
         .unwrap();
-    let r = db.copy(&["-p", "2", "--stall-timeout", "1"]).await;
+    let r = db.copy(&["-p", "2", "--stall-timeout", "2"]).await;
     r.assert_ok();
     assert!(!r.all().contains("Retrying"), "{}", r.all());
     assert_eq!(db.queue_states().await, "done:2");
