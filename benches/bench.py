@@ -42,7 +42,8 @@ import time
 sys.dont_write_bytecode = True
 
 from benchlib.common import ROOT, die, log  # noqa: E402
-from benchlib.datasets import DB_PREFIX, SCENARIOS, dataset_facts, ensure_dataset  # noqa: E402
+from benchlib.datasets import DB_PREFIX, LICENSED, SCENARIOS, dataset_facts, ensure_dataset  # noqa: E402
+from benchlib.wan import run_wan, wan_table  # noqa: E402
 from benchlib.measure import Runner, noise_note  # noqa: E402
 from benchlib.report import extra_tools, render  # noqa: E402
 from benchlib.servers import Server  # noqa: E402
@@ -86,6 +87,13 @@ def parse_args(argv):
     ap.add_argument("--keep-targets", action="store_true",
                     help="keep the target databases at the end (dropped by default; the sources stay cached)")
     ap.add_argument("--no-profile", action="store_true", help="skip the statement-log profile of many-small")
+    ap.add_argument("--wan-rtt", metavar="MS,...",
+                    help="also run the WAN scenario: hyperfill copy with the source behind a delaying proxy "
+                         "at these round-trip times (e.g. 0,25,50,100), against the direct copy")
+    ap.add_argument("--wan-parallelism", default="auto",
+                    help="P values of the WAN cells; 'auto' = no --parallelism (default auto)")
+    ap.add_argument("--wan-only", action="store_true",
+                    help="with --wan-rtt: skip the LAN tables' cells (hyperfill, raw pipes, others)")
     ap.add_argument("--out", default=os.path.join(
         os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "bench"),
         help="where results go (default target/bench)")
@@ -109,7 +117,10 @@ def main(argv):
     if args.report:
         with open(os.path.join(args.report, "results.json")) as fh:
             doc = json.load(fh)
-        _, _, md = render(doc)
+        _, _, md = render({**doc, "results": [r for r in doc["results"] if not r.get("wan")]})
+        wan_md = wan_table(doc["results"])
+        if wan_md:
+            md += "\n\n## WAN: the source behind a delaying proxy\n\n" + wan_md
         with open(os.path.join(args.report, "results.md"), "w") as fh:
             fh.write(md + "\n")
         print(md)
@@ -164,9 +175,10 @@ def main(argv):
     for s in scenarios:
         if s not in SCENARIOS:
             die(f"unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}")
-    if "compressed" in scenarios and lic != "timescale":
-        log(f"skipping scenario 'compressed': timescaledb.license = {lic} has no compression")
-        scenarios.remove("compressed")
+    for sc in LICENSED:
+        if sc in scenarios and lic != "timescale":
+            log(f"skipping scenario '{sc}': timescaledb.license = {lic} has no compression")
+            scenarios.remove(sc)
     if not args.backfill_bin:
         log("no --backfill-bin: timescaledb-backfill is not measured")
     if args.compare_bin:
@@ -196,7 +208,7 @@ def main(argv):
         "git_dirty": bool(git("status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock", "migrations")),
         "scale": args.scale, "repeat": args.repeat, "parallelism": plist, "scenarios": scenarios,
         "small_chunks_per_day": args.small_chunks_per_day, "huge_factor": args.huge_factor,
-        "reprepare": args.reprepare,
+        "reprepare": args.reprepare, "wan_rtt": args.wan_rtt, "wan_parallelism": args.wan_parallelism,
         "cpus": os.cpu_count(), "sslmode": args.sslmode, "psql_tls": psql_tls,
         "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
     }
@@ -218,7 +230,9 @@ def main(argv):
             log(f"{sc}: preparing target database {tgt_db} (pg_dump, pre/post restore)")
             prep = prepare_target(src, tgt, src_db, tgt_db, workdir)
             log(f"{sc}: target prepared in {prep:.1f}s")
-            for rep in range(1, args.repeat + 1):
+            for rep in range(1, args.repeat + 1) if args.wan_rtt else ():
+                run_wan(runner, args, sc, src_db, tgt_db, f, results, rep)
+            for rep in range(1, args.repeat + 1) if not args.wan_only else ():
                 for p in plist:
                     runner.measure_startup(sc, src_db, tgt_db, p)
                 for p in plist:
@@ -240,7 +254,7 @@ def main(argv):
                     results.append(r)
                     log(f"{sc} raw       P={p}: {r['wall_s']:.2f}s wall, {r['client_cpu_s']:.2f}s psql CPU"
                         f"{noise_note(r)}")
-            if sc == "many-small" and not args.no_profile:
+            if sc == "many-small" and not args.no_profile and not args.wan_only:
                 log(f"{sc}: profiling hyperfill copy -p 1 with the statement log")
                 profile = runner.profile(sc, src_db, tgt_db)
                 if profile:
@@ -260,7 +274,10 @@ def main(argv):
     facts_out = {k: {kk: vv for kk, vv in v.items() if kk != "raw_relations"} for k, v in facts.items()}
     doc = {"meta": meta, "datasets": facts_out, "dataset_build_s": builds, "startup": runner.startup,
            "results": results, "profile": profile}
-    table, derived, md = render(doc)
+    table, derived, md = render({**doc, "results": [r for r in results if not r.get("wan")]})
+    wan_md = wan_table(results)
+    if wan_md:
+        md += "\n\n## WAN: the source behind a delaying proxy\n\n" + wan_md
     doc.update(summary=table, derived=derived)
     with open(os.path.join(outdir, "results.json"), "w") as fh:
         json.dump(doc, fh, indent=1)

@@ -287,8 +287,12 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
     tablespaces(&src, &mut f).await;
     metadata(&src, &tgt, &mut f).await;
     let source_standby = standby(&src, &mut f).await?;
-    for (side, db) in [(Side::Source, &src), (Side::Target, &tgt)] {
-        timeouts(side, db, &mut f).await;
+    // On connections of their own: hyperfill's sessions turn the limits off
+    // from their start.
+    for (side, conn) in [(Side::Source, source), (Side::Target, target)] {
+        if let Ok(db) = conn.connect_plain().await {
+            timeouts(side, &db, &mut f).await;
+        }
     }
 
     let can_queue = tgt
@@ -611,7 +615,7 @@ async fn partial_caggs(src: &Db, features: &catalog::Features, f: &mut Findings)
 }
 
 async fn scheduled_jobs(tgt: &Db, f: &mut Findings) {
-    let Ok(rows) = tgt.client.query(SCHEDULED_JOBS, &[]).await else {
+    let Ok(rows) = tgt.try_query(SCHEDULED_JOBS, &[]).await else {
         return;
     };
     for r in rows {
@@ -633,7 +637,7 @@ async fn scheduled_jobs(tgt: &Db, f: &mut Findings) {
 }
 
 async fn tablespaces(src: &Db, f: &mut Findings) {
-    let Ok(rows) = src.client.query(TABLESPACES, &[]).await else {
+    let Ok(rows) = src.try_query(TABLESPACES, &[]).await else {
         return;
     };
     let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -650,7 +654,7 @@ async fn tablespaces(src: &Db, f: &mut Findings) {
 
 /// Server, database or role time limits that would interrupt copies.
 async fn timeouts(side: Side, db: &Db, f: &mut Findings) {
-    let Ok(rows) = db.client.query(SESSION_TIMEOUTS, &[]).await else {
+    let Ok(rows) = db.try_query(SESSION_TIMEOUTS, &[]).await else {
         return;
     };
     for r in rows {

@@ -268,9 +268,13 @@ pub struct CopyArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
 
-    /// Number of workers; each holds one source and one target connection
-    #[arg(short = 'p', long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=512))]
-    pub parallelism: u16,
+    /// Number of workers; each holds one source and one target connection,
+    /// so this also caps the concurrent queries on the source. Default: 8,
+    /// or more (up to 32) when the source is far: one more per 2 ms of
+    /// round-trip time, measured at start, within half the free connection
+    /// slots of either server
+    #[arg(short = 'p', long, value_parser = clap::value_parser!(u16).range(1..=512))]
+    pub parallelism: Option<u16>,
 
     /// How many times a task is tried in one run when it fails with a
     /// transient error (lost connection, serialization failure, a

@@ -75,7 +75,7 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> Result<serde_json::Value> {
                 commands::copy::CopyConfig {
                     source,
                     target,
-                    parallelism: a.parallelism as usize,
+                    parallelism: a.parallelism.map(usize::from),
                     max_attempts: a.max_attempts,
                     stall_timeout: std::time::Duration::from_secs(a.stall_timeout),
                     analyze: a.analyze,

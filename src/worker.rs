@@ -166,10 +166,10 @@ fn backoff(attempt: u32) -> Duration {
 async fn connect(cfg: &PoolConfig, shutdown: &Shutdown) -> Result<Conns> {
     let mut attempt = 0;
     loop {
+        // Both at once: the source may be far away.
         let r = async {
-            let src = cfg.source.connect().await?;
-            let tgt = cfg.target.connect().await?;
-            Ok::<_, Error>(Conns { src, tgt })
+            tokio::try_join!(cfg.source.connect(), cfg.target.connect())
+                .map(|(src, tgt)| Conns { src, tgt })
         };
         let r = tokio::select! {
             r = r => r,

@@ -30,7 +30,11 @@ SCENARIOS = {
     "many-small": "the rows of `even` in 2-hour chunks (--small-chunks-per-day): 2,160 chunks",
     "one-huge": "the bytes of `even`, but one events chunk is 20x every other chunk (--huge-factor)",
     "compressed": "the rows of `even`, every chunk compressed (licensed TimescaleDB only)",
+    "half-compressed": "the rows of `even`, every other chunk compressed (licensed TimescaleDB only)",
 }
+
+# Scenarios that need compression (the Timescale license).
+LICENSED = ("compressed", "half-compressed")
 
 
 
@@ -149,6 +153,20 @@ FROM (VALUES {t_steps}) AS v(day, step_ms)
 CROSS JOIN LATERAL generate_series({start_ms}::bigint + v.day * {day_ms}::bigint,
                                    {start_ms}::bigint + (v.day + 1) * {day_ms}::bigint - 1,
                                    v.step_ms::bigint) WITH ORDINALITY AS g(ts, n);
+"""
+    if scenario == "half-compressed":
+        sql += """
+ALTER TABLE public.metrics SET (timescaledb.compress, timescaledb.compress_segmentby = 'device_id',
+                                timescaledb.compress_orderby = 'time DESC');
+ALTER TABLE public.events SET (timescaledb.compress, timescaledb.compress_orderby = 'time DESC');
+ALTER TABLE public.ticks SET (timescaledb.compress, timescaledb.compress_segmentby = 'symbol',
+                              timescaledb.compress_orderby = 'ts DESC');
+SELECT count(public.compress_chunk(c)) FROM (SELECT c, row_number() OVER () AS n
+    FROM public.show_chunks('public.metrics') c) x WHERE n % 2 = 0;
+SELECT count(public.compress_chunk(c)) FROM (SELECT c, row_number() OVER () AS n
+    FROM public.show_chunks('public.events') c) x WHERE n % 2 = 0;
+SELECT count(public.compress_chunk(c)) FROM (SELECT c, row_number() OVER () AS n
+    FROM public.show_chunks('public.ticks') c) x WHERE n % 2 = 0;
 """
     if scenario == "compressed":
         sql += """

@@ -119,12 +119,14 @@ class Runner:
     def _logfile(self, name):
         return open(os.path.join(self.logdir, name), "w")
 
-    def tool_run(self, tool, binary, scenario, src_db, tgt_db, p, rep):
+    def tool_run(self, tool, binary, scenario, src_db, tgt_db, p, rep, source_url=None, tag_extra=None):
         """stage (timed apart) + copy under /usr/bin/time, for hyperfill or
-        timescaledb-backfill (same command line)."""
+        timescaledb-backfill (same command line).  p = "auto": no
+        --parallelism.  source_url: the copy reads the source there (the WAN
+        proxy); stage always reads it directly."""
         s_url, t_url = self.src.url(src_db), self.tgt.url(tgt_db)
         reset_target(self.tgt, tgt_db)
-        tag = f"{scenario}-{tool}-p{p}-r{rep}"
+        tag = f"{scenario}-{tool}-p{p}-r{rep}" + (f"-{tag_extra}" if tag_extra else "")
         with self._logfile(f"{tag}.stage.log") as lf:
             t0 = time.monotonic()
             for until, flt in ((UNTIL_TS, TS_FILTER), (UNTIL_MS, MS_FILTER)):
@@ -135,7 +137,9 @@ class Runner:
                     die(f"{tool} stage failed (exit {rc}); see {lf.name}")
             stage_s = time.monotonic() - t0
         settle(self.src, self.tgt)
-        cmd = [binary, "copy", "--source", s_url, "--target", t_url, "--parallelism", str(p)]
+        cmd = [binary, "copy", "--source", source_url or s_url, "--target", t_url]
+        if str(p) != "auto":
+            cmd += ["--parallelism", str(p)]
         cmd += self.no_progress(binary)
         env = dict(os.environ)
         env.pop("RUST_LOG", None)
@@ -146,7 +150,7 @@ class Runner:
         if rc != 0:
             die(f"{tool} copy failed (exit {rc}); see {lf.name}")
         rec = {"scenario": scenario, "tool": tool, "p": p, "rep": rep, "wall_s": wall,
-               "client_cpu_s": cpu, "client_rss_kib": rss, "stage_s": stage_s, **srv}
+               "client_cpu_s": cpu, "client_rss_kib": rss, "stage_s": stage_s, "copy_log": lf.name, **srv}
         add_other_cpu(rec)
         if tool in ("hyperfill", "compare"):
             r = self.tgt.rows(tgt_db, """

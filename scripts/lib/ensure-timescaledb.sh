@@ -111,7 +111,8 @@ hyperfill_ensure_timescaledb() (
     }
 
     local -a want=(postgresql-15 postgresql-server-dev-15
-        cmake make gcc libc6-dev libssl-dev libkrb5-dev dpkg-dev xz-utils)
+        cmake make gcc libc6-dev libssl-dev libkrb5-dev dpkg-dev xz-utils
+        pgbouncer) # pgbouncer: the pooler tests (tests/it/pooler.rs)
     local -a missing=()
     local pkg
     for pkg in "${want[@]}"; do

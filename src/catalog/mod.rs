@@ -278,7 +278,7 @@ pub struct Selection {
 
 /// Check a user regex on the server that will evaluate it.
 pub async fn validate_regex(db: &Db, regex: &str) -> Result<()> {
-    match db.client.query_one(sql::VALIDATE_REGEX, &[&regex]).await {
+    match db.try_query_one(sql::VALIDATE_REGEX, &[&regex]).await {
         Ok(_) => Ok(()),
         Err(e)
             if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_REGULAR_EXPRESSION) =>

@@ -23,7 +23,7 @@ async fn to_internal(
         quote_ident(&ext.functions_schema),
         tt.sql()
     );
-    db.client.query_one(&sql, &[&text]).await.map(|r| r.get(0))
+    db.try_query_one(&sql, &[&text]).await.map(|r| r.get(0))
 }
 
 /// Whether a timestamptz text names its moment only with the session's time

@@ -21,7 +21,8 @@ use crate::worker::{self, Conns, Job, PoolConfig, Shutdown, Step, StepError};
 pub struct CopyConfig {
     pub source: ConnInfo,
     pub target: ConnInfo,
-    pub parallelism: usize,
+    /// `None`: chosen from the source's round-trip time ([`auto_workers`]).
+    pub parallelism: Option<usize>,
     pub max_attempts: u32,
     pub stall_timeout: std::time::Duration,
     pub analyze: bool,
@@ -44,6 +45,10 @@ pub struct CopyReport {
     pub seconds: f64,
     /// Tasks still pending in the queue afterwards.
     pub remaining: u64,
+    /// Workers started.
+    pub workers: usize,
+    /// Round-trip time to the source measured at start, in milliseconds.
+    pub source_rtt_ms: f64,
     /// Source hypertables with chunks that no stage selected.
     pub left_behind: Vec<queue::LeftBehind>,
     /// Failed attempts that were tried again (each task's final failure is
@@ -116,24 +121,33 @@ struct CopyJob {
     tried: Mutex<HashMap<i64, Tried>>,
 }
 
-/// Begin the source transaction of a task: read-only, one snapshot, the
-/// exported one when staged with `--snapshot`. REPEATABLE READ, never
-/// SERIALIZABLE: a hot-standby source refuses serializable transactions.
-pub async fn begin_source(src: &Db, task: &Task) -> Result<()> {
-    src.batch(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-        "starting a transaction",
-    )
-    .await?;
+/// The statements that begin the source transaction of a task: read-only,
+/// one snapshot, the exported one when staged with `--snapshot`.
+/// REPEATABLE READ, never SERIALIZABLE: a hot-standby source refuses
+/// serializable transactions.
+pub fn source_begin(task: &Task) -> String {
+    let mut sql = String::from("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
     if let Some(s) = &task.snapshot {
-        src.batch(
-            &format!("SET TRANSACTION SNAPSHOT {}", quote_literal(s)),
-            &format!("importing the staged snapshot {s} (the transaction that exported it must still be open)"),
-        )
-        .await?;
+        sql.push_str(&format!("; SET TRANSACTION SNAPSHOT {}", quote_literal(s)));
     }
-    Ok(())
+    sql
 }
+
+/// Begin the source transaction of a task (one round trip).
+pub async fn begin_source(src: &Db, task: &Task) -> Result<()> {
+    let what = match &task.snapshot {
+        Some(s) => format!(
+            "starting the transaction with the staged snapshot {s} (the transaction that \
+             exported it must still be open)"
+        ),
+        None => "starting a transaction".to_string(),
+    };
+    src.batch(&source_begin(task), &what).await
+}
+
+/// Begins a copy task's target transaction.
+// language=PostgreSQL
+const BEGIN_COPY: &str = "SET LOCAL synchronous_commit = off";
 
 /// Taken right after the claim: a failed attempt rolls back to it, keeping
 /// the task's row lock, and records the failure before committing.
@@ -144,13 +158,18 @@ const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT hyperfill_claimed";
 
 impl CopyJob {
     async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError<Event>> {
-        c.tgt
-            .batch(
-                "BEGIN; SET LOCAL synchronous_commit = off",
-                "starting a transaction",
-            )
-            .await?;
-        let Some(task) = queue::claim_copy(&c.tgt, self.max_attempts).await? else {
+        // Target: the transaction, the claim and the savepoint after it in
+        // one round trip (with no task, the savepoint is rolled back too).
+        let begin = format!("{}; {BEGIN_COPY}", crate::db::BEGIN_TARGET);
+        let (begun, claimed, saved) = futures::join!(
+            c.tgt.batch(&begin, "starting a transaction"),
+            queue::claim_copy(&c.tgt, self.max_attempts),
+            c.tgt.batch(SAVEPOINT, "starting the task"),
+        );
+        begun?;
+        let claimed = claimed?;
+        saved?;
+        let Some(task) = claimed else {
             c.tgt.batch("ROLLBACK", "ending a transaction").await?;
             return Ok(Step::Idle);
         };
@@ -165,11 +184,7 @@ impl CopyJob {
                 estimated: task.estimated_bytes.max(0) as u64,
                 unrecorded: 0,
             });
-        let result = async {
-            c.tgt.batch(SAVEPOINT, "starting the task").await?;
-            self.attempt(c, &task).await
-        }
-        .await;
+        let result = self.attempt(c, &task).await;
         match result {
             Ok(event) => Ok(Step::Did(event)),
             Err(error) => {
@@ -188,8 +203,7 @@ impl CopyJob {
         let estimated = task.estimated_bytes.max(0) as u64;
         let started = SystemTime::now();
         let clock = Instant::now();
-        begin_source(&c.src, task).await?;
-        let outcome = copy::copy_task(&c.src, &c.tgt, &self.ctx, task).await?;
+        let outcome = copy::copy_task(&c.src, &c.tgt, &self.ctx, task, &source_begin(task)).await?;
         let event = match outcome {
             Outcome::Copied {
                 stats,
@@ -214,9 +228,17 @@ impl CopyJob {
                     fallback: fallback.as_deref(),
                     source_watermark,
                 };
-                queue::complete_copy(&c.tgt, task.id, &done).await?;
-                c.src.batch("COMMIT", "ending a transaction").await?;
-                c.tgt.batch("COMMIT", "committing the copied chunk").await?;
+                // The done mark and the commit in one round trip (a failed
+                // mark aborts the transaction, and its COMMIT rolls back).
+                // The read-only source transaction ends with the next
+                // task's first source round trip.
+                let (marked, committed) = futures::join!(
+                    queue::complete_copy(&c.tgt, task.id, &done),
+                    c.tgt.batch("COMMIT", "committing the copied chunk"),
+                );
+                marked?;
+                committed?;
+                c.src.defer("COMMIT");
                 if let (true, Some(target_chunk)) = (self.analyze, &target_chunk) {
                     // The chunk is committed: a failed ANALYZE is not a
                     // failed copy.
@@ -242,9 +264,13 @@ impl CopyJob {
                 }
             }
             Outcome::SourceGone => {
-                queue::skip_copy(&c.tgt, task.id, "the source chunk no longer exists").await?;
-                c.src.batch("COMMIT", "ending a transaction").await?;
-                c.tgt.batch("COMMIT", "ending a transaction").await?;
+                let (marked, committed) = futures::join!(
+                    queue::skip_copy(&c.tgt, task.id, "the source chunk no longer exists"),
+                    c.tgt.batch("COMMIT", "ending a transaction"),
+                );
+                marked?;
+                committed?;
+                c.src.defer("COMMIT");
                 Event::Skipped {
                     task: task.id,
                     hypertable: task.hypertable.clone(),
@@ -397,6 +423,49 @@ impl Job for CopyJob {
     }
 }
 
+/// Workers on a near source, when `--parallelism` is not given.
+const DEFAULT_WORKERS: usize = 8;
+/// At most this many workers are chosen for a far source.
+const MAX_AUTO_WORKERS: usize = 32;
+
+/// Source and target. Connection slots left for clients that are not
+/// superusers.
+// language=PostgreSQL
+const FREE_CONNECTIONS: &str = "\
+SELECT current_setting('max_connections')::int
+     - current_setting('superuser_reserved_connections')::int
+     - coalesce(current_setting('reserved_connections', true)::int, 0)
+     - (SELECT count(*)::int FROM pg_stat_activity WHERE backend_type = 'client backend')";
+
+/// The number of workers when `--parallelism` is not given. Each task waits
+/// for two to three round trips to the source, so on a far source a worker
+/// is mostly waiting: one more worker per 2 ms of round-trip time above the
+/// default 8, up to 32, and never more than half the connection slots left
+/// on either server (the rest is for others).
+pub fn auto_workers(rtt: Duration, free_slots: Option<i64>) -> usize {
+    let wanted = DEFAULT_WORKERS + (rtt.as_secs_f64() * 1000.0 / 2.0) as usize;
+    let by_slots = free_slots
+        .map(|f| ((f.max(0) / 2) as usize).max(DEFAULT_WORKERS))
+        .unwrap_or(DEFAULT_WORKERS);
+    wanted.min(MAX_AUTO_WORKERS).min(by_slots)
+}
+
+/// Round-trip time to the source: one trivial statement on a connection
+/// that has already run one (so no first-query start-up is counted).
+async fn round_trip(src: &Db) -> Result<Duration> {
+    let t0 = Instant::now();
+    src.batch("", "measuring the round trip to the source")
+        .await?;
+    Ok(t0.elapsed())
+}
+
+async fn free_slots(db: &Db) -> Option<i64> {
+    db.query_one(FREE_CONNECTIONS, &[], "counting free connection slots")
+        .await
+        .ok()
+        .map(|r| r.get::<_, i32>(0) as i64)
+}
+
 /// `197,504 rows`, or `197,504 rows (in 214 compressed batches)`.
 pub fn rows_text(stats: &CopyStats) -> String {
     if stats.batches > 0 {
@@ -474,17 +543,32 @@ impl Projection {
 }
 
 pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
-    let tgt = cfg.target.connect().await?;
-    queue::require(&tgt).await?;
-    // A queue staged by an older hyperfill gets the newer columns.
-    queue::migrate(&tgt).await?;
-    let src = cfg.source.connect().await?;
-    let source = catalog::extension(&src).await?;
+    // Both sides at once: the source may be far away.
+    let (tgt, (src, source_ext, rtt, src_free)) = tokio::try_join!(
+        async {
+            let tgt = cfg.target.connect().await?;
+            queue::require(&tgt).await?;
+            // A queue staged by an older hyperfill gets the newer columns.
+            queue::migrate(&tgt).await?;
+            Ok::<_, Error>(tgt)
+        },
+        async {
+            let src = cfg.source.connect().await?;
+            let ext = catalog::extension(&src).await?;
+            let rtt = round_trip(&src).await?;
+            let free = if cfg.parallelism.is_none() {
+                free_slots(&src).await
+            } else {
+                None
+            };
+            Ok::<_, Error>((src, ext, rtt, free))
+        },
+    )?;
     let target = catalog::extension(&tgt).await?;
     let invalidation = crate::copy::invalidation::strategy(&tgt, &target.features).await;
     let moved = Arc::new(AtomicU64::new(0));
     let ctx = Context {
-        source,
+        source: source_ext,
         target,
         invalidation,
         rate: cfg
@@ -493,8 +577,6 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         moved: Some(moved.clone()),
     };
     catalog::ensure_compatible(&ctx.source, &ctx.target)?;
-    // The queue may predate this release: bring its schema up to date.
-    queue::migrate(&tgt).await?;
     if cfg.requeue_mismatched {
         let n = queue::requeue_mismatched(&tgt).await?;
         ui::line(&format!(
@@ -519,6 +601,11 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             ..Default::default()
         });
     }
+    let tgt_free = if cfg.parallelism.is_none() {
+        free_slots(&tgt).await
+    } else {
+        None
+    };
     let (chunks, split) = queue::chunks_to_copy(&tgt).await?;
     let queued = queue::status(&tgt, 0).await?.hypertables;
     let caggs: HashMap<QualifiedName, String> = queued
@@ -543,9 +630,30 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     };
     drop((src, tgt));
 
-    let workers = cfg.parallelism.min(todo as usize).max(1);
+    let rtt_ms = rtt.as_secs_f64() * 1000.0;
+    tracing::info!(rtt_ms, "round trip to the source");
+    let (chosen, why) = match cfg.parallelism {
+        Some(n) => (n, String::new()),
+        None => {
+            let free = match (src_free, tgt_free) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let n = auto_workers(rtt, free);
+            let why = if n > DEFAULT_WORKERS {
+                format!(
+                    " (the source answers in {rtt_ms:.0} ms, so more than the default \
+                     {DEFAULT_WORKERS} keep the link busy; --parallelism sets the number)"
+                )
+            } else {
+                String::new()
+            };
+            (n, why)
+        }
+    };
+    let workers = chosen.min(todo as usize).max(1);
     ui::line(&format!(
-        "Copying {} with {} worker(s): ~{} to move (projected from the source's table sizes)",
+        "Copying {} with {} worker(s){why}: ~{} to move (projected from the source's table sizes)",
         tasks_text(todo, chunks, split),
         workers,
         ui::bytes(projection.total()),
@@ -567,7 +675,11 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let clock = Instant::now();
     let pool = tokio::spawn(worker::run(pool_cfg, job, shutdown.clone(), tx));
 
-    let mut report = CopyReport::default();
+    let mut report = CopyReport {
+        workers,
+        source_rtt_ms: rtt_ms,
+        ..CopyReport::default()
+    };
     let mut per_ht: BTreeMap<QualifiedName, HypertableCopy> = BTreeMap::new();
     let progress = ui::Progress::new("copying", todo, Some(projection.total()));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -856,5 +968,21 @@ mod tests {
         // A task that failed for good moves nothing more.
         p.finish(&ht, 500, None);
         assert_eq!(p.total(), 250);
+    }
+
+    #[test]
+    fn auto_workers_grow_with_the_round_trip_within_the_slots() {
+        let ms = Duration::from_millis;
+        assert_eq!(auto_workers(Duration::from_micros(200), None), 8);
+        assert_eq!(auto_workers(ms(1), Some(500)), 8);
+        assert_eq!(auto_workers(ms(10), Some(500)), 13);
+        assert_eq!(auto_workers(ms(25), Some(500)), 20);
+        assert_eq!(auto_workers(ms(50), Some(500)), 32);
+        assert_eq!(auto_workers(ms(400), Some(500)), 32);
+        // half the free slots, but never below the default
+        assert_eq!(auto_workers(ms(100), Some(40)), 20);
+        assert_eq!(auto_workers(ms(100), Some(6)), 8);
+        // unknown slots: no more than the default
+        assert_eq!(auto_workers(ms(100), None), 8);
     }
 }

@@ -1,6 +1,6 @@
 //! `stage`: choose the chunks to copy and write one task per chunk.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::catalog::{self, Selection, SourceChunk};
 use crate::commands::bounds;
@@ -216,10 +216,10 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
         return Ok(report);
     }
 
-    // What is queued already. A dry run reads it without the lock (and
-    // without creating the queue); the real run holds the queue's lock from
-    // here to the enqueue, so concurrent stages take turns and none works
-    // from windows another is about to change.
+    // What is queued already, a first look without the lock: the dry run's
+    // answer, and which target chunks to create. A dry run reads it without
+    // creating the queue. The real run decides again inside the enqueue
+    // transaction, under the queue's transaction-scoped lock (below).
     let existing = if cfg.dry_run {
         if queue::exists(&tgt).await? {
             queue::task_windows(&tgt).await?
@@ -228,43 +228,24 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
         }
     } else {
         queue::migrate(&tgt).await?;
-        queue::lock(&tgt).await?;
         // What the source has, and what this stage selected: `status`,
         // `copy` and `verify` list what no stage selected.
-        let selected: std::collections::HashSet<QualifiedName> =
+        let selected: HashSet<QualifiedName> =
             hypertables.iter().map(|h| h.hypertable.clone()).collect();
         queue::record_source_hypertables(&tgt, &inventory, &selected).await?;
         queue::task_windows(&tgt).await?
     };
-    let actions = plan::classify(&tasks, &existing);
-    let mut new = Vec::new();
-    let mut widened = Vec::new();
-    let mut widened_chunks = std::collections::HashSet::new();
-    for (t, a) in tasks.iter().zip(&actions) {
-        match a {
-            Action::New => new.push((
-                t,
-                TaskWindow {
-                    lower: t.lower.clone(),
-                    upper: t.upper.clone(),
-                },
-            )),
-            Action::Widen { window, .. } => {
-                widened_chunks.insert(t.chunk.chunk.clone());
-                widened.push((t, window.clone()));
-            }
-            Action::Covered => report.already_staged += 1,
-            Action::Merged => {}
-        }
-    }
+    let first = classify(&tasks, &existing);
+    let (new, widened) = (&first.new, &first.widened);
     report
         .warnings
-        .extend(widening_warnings(&tasks, &actions, &windows));
-    count_new(&mut report, &new, &widened);
+        .extend(widening_warnings(&tasks, &first.actions, &windows));
+    count_new(&mut report, new, widened);
+    report.already_staged = first.already_staged;
 
     if cfg.dry_run {
         report.staged = new.len() as u64;
-        report.tasks = listing(&tasks, &actions);
+        report.tasks = listing(&tasks, &first.actions);
         if !ui::json_mode() {
             ui::print_dry_run(&report);
         } else {
@@ -331,45 +312,65 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
         }
     }
 
-    let staged = |t: &NewTask, w: &TaskWindow| -> StagedTask {
-        let target = target_of.get(&t.chunk.chunk);
-        StagedTask {
-            hypertable_schema: t.chunk.hypertable.schema.clone(),
-            hypertable_name: t.chunk.hypertable.name.clone(),
-            cagg_schema: t.chunk.cagg.as_ref().map(|c| c.schema.clone()),
-            cagg_name: t.chunk.cagg.as_ref().map(|c| c.name.clone()),
-            chunk_schema: t.chunk.chunk.schema.clone(),
-            chunk_name: t.chunk.chunk.name.clone(),
-            target_chunk_schema: target.map(|c| c.schema.clone()),
-            target_chunk_name: target.map(|c| c.name.clone()),
-            slices: catalog::slices_json(&t.chunk.slices),
-            time_column: t.chunk.time_column.clone(),
-            time_type: t.time_type.sql().to_string(),
-            range_start: t.chunk.time_start,
-            range_end: t.chunk.time_end,
-            lower_internal: w.lower.as_ref().map(|b| b.internal),
-            lower_literal: w.lower.as_ref().map(|b| b.literal.clone()),
-            upper_internal: w.upper.as_ref().map(|b| b.internal),
-            upper_literal: w.upper.as_ref().map(|b| b.literal.clone()),
-            snapshot: cfg.snapshot.clone(),
-            estimated_bytes: t.chunk.size_bytes,
-            // A widened chunk is re-queued as its one task, part 0.
-            part: if widened_chunks.contains(&t.chunk.chunk) {
-                0
-            } else {
-                t.part
-            },
-        }
+    let staged =
+        |t: &NewTask, w: &TaskWindow, widened_chunks: &HashSet<QualifiedName>| -> StagedTask {
+            let target = target_of.get(&t.chunk.chunk);
+            StagedTask {
+                hypertable_schema: t.chunk.hypertable.schema.clone(),
+                hypertable_name: t.chunk.hypertable.name.clone(),
+                cagg_schema: t.chunk.cagg.as_ref().map(|c| c.schema.clone()),
+                cagg_name: t.chunk.cagg.as_ref().map(|c| c.name.clone()),
+                chunk_schema: t.chunk.chunk.schema.clone(),
+                chunk_name: t.chunk.chunk.name.clone(),
+                target_chunk_schema: target.map(|c| c.schema.clone()),
+                target_chunk_name: target.map(|c| c.name.clone()),
+                slices: catalog::slices_json(&t.chunk.slices),
+                time_column: t.chunk.time_column.clone(),
+                time_type: t.time_type.sql().to_string(),
+                range_start: t.chunk.time_start,
+                range_end: t.chunk.time_end,
+                lower_internal: w.lower.as_ref().map(|b| b.internal),
+                lower_literal: w.lower.as_ref().map(|b| b.literal.clone()),
+                upper_internal: w.upper.as_ref().map(|b| b.internal),
+                upper_literal: w.upper.as_ref().map(|b| b.literal.clone()),
+                snapshot: cfg.snapshot.clone(),
+                estimated_bytes: t.chunk.size_bytes,
+                // A widened chunk is re-queued as its one task, part 0.
+                part: if widened_chunks.contains(&t.chunk.chunk) {
+                    0
+                } else {
+                    t.part
+                },
+            }
+        };
+    // Decided again inside the enqueue transaction, under the queue's
+    // transaction-scoped lock: concurrent stages take turns from reading
+    // the windows to writing, and none works from windows another changed.
+    let mut last = None;
+    let inserted = queue::enqueue(&tgt, |existing| {
+        let c = classify(&tasks, existing);
+        let new_rows: Vec<_> = c
+            .new
+            .iter()
+            .map(|(t, w)| staged(t, w, &c.widened_chunks))
+            .collect();
+        let widened_rows: Vec<_> = c
+            .widened
+            .iter()
+            .map(|(t, w)| staged(t, w, &c.widened_chunks))
+            .collect();
+        last = Some(c);
+        (new_rows, widened_rows)
+    })
+    .await?;
+    let Some(c) = last else {
+        return Err(Error::Internal("the queue was not read".into()));
     };
-    let new_rows: Vec<_> = new.iter().map(|(t, w)| staged(t, w)).collect();
-    let widened_rows: Vec<_> = widened.iter().map(|(t, w)| staged(t, w)).collect();
-    let inserted = queue::enqueue(&tgt, &new_rows, &widened_rows).await?;
-    // A concurrent stage may have inserted some of the same chunks first
-    // (only without the lock, which this run holds: kept as a safeguard).
-    report.already_staged += new_rows.len() as u64 - inserted;
+    // A concurrent stage may have inserted some of the same chunks first.
+    count_new(&mut report, &c.new, &c.widened);
+    report.already_staged = c.already_staged + c.new.len() as u64 - inserted;
     report.staged = inserted;
-    report.requeued = widened_rows.len() as u64;
-    queue::unlock(&tgt).await?;
+    report.requeued = c.widened.len() as u64;
     Ok(report)
 }
 
@@ -840,6 +841,50 @@ async fn check_compression_settings(
         "compression settings differ between source and target:\n  - {}\nNothing was changed.",
         problems.join("\n  - ")
     )))
+}
+
+/// The staged tasks against what the queue holds: new ones, widened ones
+/// (one per chunk), and how many are already covered.
+struct Classified<'a> {
+    new: Vec<(&'a NewTask, TaskWindow)>,
+    widened: Vec<(&'a NewTask, TaskWindow)>,
+    widened_chunks: HashSet<QualifiedName>,
+    already_staged: u64,
+    /// What the stage does with each task, in `tasks`' order.
+    actions: Vec<Action>,
+}
+
+fn classify<'a>(
+    tasks: &'a [NewTask],
+    existing: &HashMap<QualifiedName, TaskWindow>,
+) -> Classified<'a> {
+    let actions = plan::classify(tasks, existing);
+    let mut c = Classified {
+        new: Vec::new(),
+        widened: Vec::new(),
+        widened_chunks: HashSet::new(),
+        already_staged: 0,
+        actions: Vec::new(),
+    };
+    for (t, a) in tasks.iter().zip(&actions) {
+        match a {
+            Action::New => c.new.push((
+                t,
+                TaskWindow {
+                    lower: t.lower.clone(),
+                    upper: t.upper.clone(),
+                },
+            )),
+            Action::Widen { window, .. } => {
+                c.widened_chunks.insert(t.chunk.chunk.clone());
+                c.widened.push((t, window.clone()));
+            }
+            Action::Covered => c.already_staged += 1,
+            Action::Merged => {}
+        }
+    }
+    c.actions = actions;
+    c
 }
 
 #[cfg(test)]

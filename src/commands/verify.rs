@@ -91,7 +91,9 @@ struct VerifyJob {
 
 impl VerifyJob {
     async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError<Event>> {
-        c.tgt.batch("BEGIN", "starting a transaction").await?;
+        c.tgt
+            .batch(crate::db::BEGIN_TARGET, "starting a transaction")
+            .await?;
         let Some(task) = queue::claim_verify(&c.tgt).await? else {
             c.tgt.batch("ROLLBACK", "ending a transaction").await?;
             return Ok(Step::Idle);

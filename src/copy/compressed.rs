@@ -211,8 +211,15 @@ pub async fn copy_whole(
     };
     let t_compressed = reset_to_empty_compressed(tgt, ctx, t_chunk, t_state, quiet).await?;
 
-    let s_cols = catalog::relation_columns(src, s_compressed).await?;
+    // The target's layout first (near), then the source's and the COPY
+    // prepared ahead from it in one round trip (far).
     let t_cols = catalog::relation_columns(tgt, &t_compressed).await?;
+    let guess = super::copy_out_sql(s_compressed, (&t_cols, &t_cols), "ONLY ", None);
+    let (s_cols, prepared) = futures::join!(
+        catalog::relation_columns(src, s_compressed),
+        super::prepare_ahead(src, Some(guess)),
+    );
+    let s_cols = s_cols?;
     let diffs = catalog::column_differences(&s_cols, &t_cols);
     if !diffs.is_empty() {
         return Err(Error::Incompatible(format!(
@@ -223,6 +230,9 @@ pub async fn copy_whole(
             diffs.join("; ")
         )));
     }
+    let prepared = prepared
+        .transpose()
+        .map_err(|e| src.error(format!("preparing the COPY of {s_compressed}"), e))?;
     super::fallback::before_batches(tgt).await?;
     let batches = copy_rows(
         ctx,
@@ -233,6 +243,7 @@ pub async fn copy_whole(
         (&s_cols, &t_cols),
         "ONLY ",
         None,
+        prepared,
     )
     .await;
     let batches = match batches {
@@ -282,6 +293,7 @@ pub async fn copy_whole(
             hypertable,
             (&cols, &ht_cols),
             "ONLY ",
+            None,
             None,
         )
         .await?;

@@ -103,6 +103,7 @@ pub async fn copy_as_rows(
         (&s_cols, &t_cols),
         "",
         None,
+        None,
     )
     .await?;
     compressed::compress(tgt, ctx, t_chunk, quiet).await?;

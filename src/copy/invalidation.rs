@@ -102,7 +102,7 @@ pub struct Strategy {
 
 /// Decide the strategy for the connected target role.
 pub async fn strategy(db: &Db, features: &Features) -> Strategy {
-    let (replica, restoring) = match db.client.query_one(CAPABILITIES, &[]).await {
+    let (replica, restoring) = match db.try_query_one(CAPABILITIES, &[]).await {
         Ok(row) => (row.get(0), row.get(1)),
         Err(_) => (false, false),
     };

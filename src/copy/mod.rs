@@ -18,6 +18,7 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::ident::{quote_ident, QualifiedName};
 use crate::queue::Task;
+use tokio_postgres::Statement;
 
 /// What the copy needs to know about both sides.
 #[derive(Debug, Clone)]
@@ -72,37 +73,86 @@ pub enum Outcome {
     SourceGone,
 }
 
-/// Copy one task's rows. Both transactions are open; the caller commits.
+/// Copy one task's rows. The target transaction is open; the source one is
+/// opened here with `src_begin` (statements without parameters), in the same
+/// round trip as the first source reads. The caller commits both.
 ///
 /// The target chunk ends with the source's rows in the task's range and, for
 /// a whole chunk, the source's compression state: compressed batches are
 /// copied as they are. A task whose range cuts through a compressed chunk
 /// copies its rows decompressed and leaves the target chunk as compressed as
 /// it was.
-pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result<Outcome> {
-    // Independent reads run concurrently: tokio-postgres pipelines them on
-    // each connection, and the two sides work at the same time. (Writes stay
-    // strictly in order.)
-    let (s_state, src_cols, mut target, source_watermark) = tokio::try_join!(
+///
+/// Round trips to the source (which is often far away): one for the
+/// transaction start, the chunk's state, its columns and the COPY statement
+/// prepared ahead (its text built from the target's columns, which must be
+/// the same), then the COPY itself; a compressed chunk needs one more for its
+/// compressed table's columns. The target's reads come first (the target is
+/// near).
+pub async fn copy_task(
+    src: &Db,
+    tgt: &Db,
+    ctx: &Context,
+    task: &Task,
+    src_begin: &str,
+) -> Result<Outcome> {
+    let filter = task.filter();
+    let found = target_chunk::find(
+        tgt,
+        &ctx.target.features,
+        &task.hypertable,
+        task.target_chunk.as_ref(),
+        &task.slices,
+    )
+    .await?;
+    let mut target = match found {
+        Some(t_chunk) => Some(target_state(tgt, ctx, t_chunk).await?),
+        None => None,
+    };
+    // The source rows' COPY, prepared ahead on the guess that the source
+    // chunk is not compressed (a whole chunk whose target is compressed was
+    // staged from a compressed one) and has the target's column types.
+    let guess = match &target {
+        Some((_, t_state, tgt_cols)) if filter.is_some() || t_state.compressed.is_none() => {
+            Some(copy_out_sql(
+                &task.chunk,
+                (tgt_cols, tgt_cols),
+                "ONLY ",
+                filter.as_deref(),
+            ))
+        }
+        _ => None,
+    };
+    let begin_what = match &task.snapshot {
+        Some(s) => format!(
+            "starting the transaction with the staged snapshot {s} (the transaction that \
+             exported it must still be open)"
+        ),
+        None => "starting a transaction".to_string(),
+    };
+    let (begun, s_state, src_cols, prepared, source_watermark) = futures::join!(
+        src.batch(src_begin, &begin_what),
         compressed::chunk_state(src, &ctx.source.features, &task.chunk),
         catalog::relation_columns(src, &task.chunk),
-        target_chunk::find(
-            tgt,
-            &ctx.target.features,
-            &task.hypertable,
-            task.target_chunk.as_ref(),
-            &task.slices
-        ),
+        prepare_ahead(src, guess),
         cagg_watermark(src, &task.hypertable),
-    )?;
-    let Some(s_state) = s_state else {
+    );
+    begun?;
+    let source_watermark = source_watermark?;
+    let Some(s_state) = s_state? else {
         return Ok(Outcome::SourceGone);
     };
+    let src_cols = src_cols?;
     plain_copy_settings(tgt, &ctx.target.features, &task.hypertable).await?;
     if target.is_none() {
-        target = target_chunk::try_create(tgt, &ctx.target, &task.hypertable, &task.slices).await?;
+        // Stage creates the target chunks; a later stage or a dropped chunk
+        // leaves this to the copy.
+        if let Some(t_chunk) =
+            target_chunk::try_create(tgt, &ctx.target, &task.hypertable, &task.slices).await?
+        {
+            target = Some(target_state(tgt, ctx, t_chunk).await?);
+        }
     }
-    let filter = task.filter();
     // Reading rows (not batches): without ONLY, TimescaleDB returns a
     // compressed source chunk's rows decompressed, with its uncompressed ones.
     let only = if s_state.compressed.is_some() {
@@ -111,7 +161,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         "ONLY "
     };
 
-    let Some(t_chunk) = target else {
+    let Some((t_chunk, t_state, tgt_cols)) = target else {
         // No chunk with these slices, and this server does not let us create
         // one (Apache license): nothing on the target holds this range, and
         // rows sent through the hypertable make TimescaleDB create the chunk.
@@ -128,6 +178,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             (&src_cols, &ht_cols),
             only,
             filter.as_deref(),
+            None,
         )
         .await?;
         quiet.restore(tgt).await?;
@@ -155,14 +206,10 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
             source_watermark,
         });
     };
-
-    let (t_state, tgt_cols) = tokio::try_join!(
-        compressed::chunk_state(tgt, &ctx.target.features, &t_chunk),
-        catalog::relation_columns(tgt, &t_chunk),
-    )?;
-    let t_state =
-        t_state.ok_or_else(|| Error::Internal(format!("target chunk {t_chunk} vanished")))?;
     check_columns(&task.chunk, &t_chunk, &src_cols, &tgt_cols)?;
+    let prepared = prepared
+        .transpose()
+        .map_err(|e| src.error(format!("preparing the COPY of chunk {}", task.chunk), e))?;
     let quiet = invalidation::suppress(tgt, Some(&t_chunk), ctx.invalidation).await?;
     if t_state.frozen {
         // Restored from a source whose chunk was frozen: thaw it for this
@@ -209,6 +256,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 (&src_cols, &tgt_cols),
                 "ONLY ",
                 None,
+                prepared,
             )
             .await?
             .into()
@@ -230,6 +278,7 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
                 (&src_cols, &tgt_cols),
                 only,
                 Some(f),
+                prepared,
             )
             .await?;
             if was_compressed {
@@ -248,6 +297,35 @@ pub async fn copy_task(src: &Db, tgt: &Db, ctx: &Context, task: &Task) -> Result
         fallback,
         source_watermark,
     })
+}
+
+/// A target chunk with its compression state and columns (one round trip).
+async fn target_state(
+    tgt: &Db,
+    ctx: &Context,
+    t_chunk: QualifiedName,
+) -> Result<(QualifiedName, compressed::ChunkState, Vec<Column>)> {
+    let (t_state, tgt_cols) = tokio::try_join!(
+        compressed::chunk_state(tgt, &ctx.target.features, &t_chunk),
+        catalog::relation_columns(tgt, &t_chunk),
+    )?;
+    let t_state =
+        t_state.ok_or_else(|| Error::Internal(format!("target chunk {t_chunk} vanished")))?;
+    Ok((t_chunk, t_state, tgt_cols))
+}
+
+/// A source COPY statement prepared ahead, with its text.
+pub(crate) type Prepared = (String, Statement);
+
+/// Prepare `sql` on the source, when given: sent in the same round trip as
+/// whatever else is in flight on that connection. The caller uses it only
+/// if the statement it needs turns out to be this one.
+pub(crate) async fn prepare_ahead(
+    src: &Db,
+    sql: Option<String>,
+) -> Option<std::result::Result<Prepared, tokio_postgres::Error>> {
+    let sql = sql?;
+    Some(src.client.prepare(&sql).await.map(|st| (sql, st)))
 }
 
 /// Source. $1 = hypertable schema, $2 = hypertable table. The watermark
@@ -372,20 +450,11 @@ async fn delete_range(tgt: &Db, chunk: &QualifiedName, filter: Option<&str>) -> 
     }
 }
 
-/// Stream the rows of `source` (matching `filter`) into `target`, columns
-/// (source's, target's) matched by name. Binary format unless a column's
-/// type cannot travel in it between these two servers.
-#[allow(clippy::too_many_arguments)]
-async fn copy_rows(
-    ctx: &Context,
-    src: &Db,
-    tgt: &Db,
-    source: &QualifiedName,
-    target: &QualifiedName,
-    columns: (&[Column], &[Column]),
-    only: &str,
-    filter: Option<&str>,
-) -> Result<PipeStats> {
+/// The column list and the format for (source's, target's) columns: the
+/// source's names (the target's are the same) that COPY writes
+/// ([`columns_to_write`]), binary unless a column's type cannot travel in it
+/// between these two servers.
+fn list_and_format(columns: (&[Column], &[Column])) -> (String, &'static str) {
     let (columns, target_columns) = columns;
     let columns = &columns_to_write(columns, target_columns);
     let list = columns
@@ -394,26 +463,58 @@ async fn copy_rows(
         .collect::<Vec<_>>()
         .join(", ");
     let text = catalog::text_copy_needed(columns, target_columns);
-    if text {
+    (list, if text { "text" } else { "binary" })
+}
+
+/// `COPY (SELECT columns FROM [ONLY] source [WHERE filter]) TO STDOUT`.
+pub(crate) fn copy_out_sql(
+    source: &QualifiedName,
+    columns: (&[Column], &[Column]),
+    only: &str,
+    filter: Option<&str>,
+) -> String {
+    let (list, format) = list_and_format(columns);
+    let where_clause = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
+    format!(
+        "COPY (SELECT {list} FROM {only}{}{where_clause}) TO STDOUT (FORMAT {format})",
+        source.sql()
+    )
+}
+
+/// Stream the rows of `source` (matching `filter`) into `target`, columns
+/// (source's, target's) matched by name. Binary format unless a column's
+/// type cannot travel in it between these two servers. `prepared` is used
+/// when it is the source statement this needs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn copy_rows(
+    ctx: &Context,
+    src: &Db,
+    tgt: &Db,
+    source: &QualifiedName,
+    target: &QualifiedName,
+    columns: (&[Column], &[Column]),
+    only: &str,
+    filter: Option<&str>,
+    prepared: Option<Prepared>,
+) -> Result<PipeStats> {
+    let (list, format) = list_and_format(columns);
+    if format == "text" {
         tracing::info!(
             chunk = %source,
             "a column type has no binary form both servers read the same way: using text COPY"
         );
     }
-    let format = if text { "text" } else { "binary" };
-    let where_clause = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
-    let out = format!(
-        "COPY (SELECT {list} FROM {only}{}{where_clause}) TO STDOUT (FORMAT {format})",
-        source.sql()
-    );
+    let out = copy_out_sql(source, columns, only, filter);
     let inp = format!(
         "COPY {} ({list}) FROM STDIN (FORMAT {format})",
         target.sql()
     );
+    let ready = prepared.filter(|(sql, _)| *sql == out);
     pipe(
         src,
         tgt,
         &out,
+        ready.as_ref().map(|(_, st)| st),
         &inp,
         &format!("chunk {source}"),
         Flow {

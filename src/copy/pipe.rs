@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio_postgres::Statement;
 
 use crate::db::Db;
 use crate::error::Result;
@@ -49,6 +50,11 @@ pub struct PipeStats {
     pub bytes: u64,
 }
 
+/// Below [`BUFFER`], what has arrived is still sent once it reaches this
+/// much and the source has nothing more ready: the target starts inserting
+/// while the source is still sending (a far source sends in bursts).
+const EARLY_FLUSH: usize = 64 * 1024;
+
 /// How data may flow through one pipe.
 #[derive(Debug, Clone, Copy)]
 pub struct Flow<'a> {
@@ -65,12 +71,13 @@ fn count(moved: Option<&AtomicU64>, n: u64) {
     }
 }
 
-/// Run `copy_out` on the source and feed it to `copy_in` on the target. Both
-/// statements must use the same format and column list. Errors name the side
-/// that failed and `what`. `flow.moved`, when given, is increased by the
-/// bytes passed on to the target as they go (after `flow.rate` let them
-/// through, so a progress figure read from it shows the rate `--max-rate`
-/// allows).
+/// Run `copy_out` on the source (or its statement prepared ahead, which must
+/// be `copy_out`'s) and feed it to `copy_in` on the target. Both statements
+/// must use the same format and column list. Both COPYs start in the same
+/// round trip. Errors name the side that failed and `what`. `flow.moved`,
+/// when given, is increased by the bytes passed on to the target as they go
+/// (after `flow.rate` let them through, so a progress figure read from it
+/// shows the rate `--max-rate` allows).
 ///
 /// Every wait on either side (the start of each COPY, the next data from the
 /// source, a send to the target, the end) goes through [`Db::guard`]: on a
@@ -78,27 +85,32 @@ fn count(moved: Option<&AtomicU64>, n: u64) {
 /// stops delivering while TCP still acknowledges (a frozen proxy), fails the
 /// attempt with `Error::Stalled` (transient) instead of hanging. Waiting for
 /// `--max-rate` does not count.
+#[allow(clippy::too_many_arguments)]
 pub async fn pipe(
     src: &Db,
     tgt: &Db,
     copy_out: &str,
+    prepared: Option<&Statement>,
     copy_in: &str,
     what: &str,
     flow: Flow<'_>,
 ) -> Result<PipeStats> {
     let Flow { rate, moved } = flow;
-    let sink = tgt
-        .guard(
-            &format!("starting COPY into {what}"),
-            tgt.client.copy_in::<_, Bytes>(copy_in),
-        )
-        .await?;
-    let stream = src
-        .guard(
-            &format!("starting COPY out of {what}"),
-            src.client.copy_out(copy_out),
-        )
-        .await?;
+    let out = async {
+        match prepared {
+            Some(st) => src.client.copy_out(st).await,
+            None => src.client.copy_out(copy_out).await,
+        }
+    };
+    let (starting_in, starting_out) = (
+        format!("starting COPY into {what}"),
+        format!("starting COPY out of {what}"),
+    );
+    let (sink, stream) = futures::join!(
+        tgt.guard(&starting_in, tgt.client.copy_in::<_, Bytes>(copy_in)),
+        src.guard(&starting_out, out),
+    );
+    let (sink, stream) = (sink?, stream?);
     futures::pin_mut!(sink);
     futures::pin_mut!(stream);
 
@@ -106,10 +118,25 @@ pub async fn pipe(
     let writing = format!("writing COPY data into {what}");
     let mut buf = BytesMut::with_capacity(BUFFER);
     let mut bytes = 0u64;
-    while let Some(data) = src
-        .guard(&reading, async { stream.next().await.transpose() })
-        .await?
-    {
+    loop {
+        let next = match stream.next().now_or_never() {
+            Some(next) => next
+                .transpose()
+                .map_err(|e| src.error(reading.as_str(), e))?,
+            None => {
+                if buf.len() >= EARLY_FLUSH {
+                    if let Some(r) = rate {
+                        r.acquire(buf.len()).await;
+                    }
+                    let n = buf.len() as u64;
+                    tgt.guard(&writing, sink.send(buf.split().freeze())).await?;
+                    count(moved, n);
+                }
+                src.guard(&reading, async { stream.next().await.transpose() })
+                    .await?
+            }
+        };
+        let Some(data) = next else { break };
         bytes += data.len() as u64;
         buf.extend_from_slice(&data);
         if buf.len() >= BUFFER {

@@ -83,7 +83,7 @@ pub async fn try_create(
         crate::ident::quote_ident(&ext.functions_schema)
     );
     let json = slices_json(slices);
-    let result = db.client.query_one(&sql, &[&hypertable.sql(), &json]).await;
+    let result = db.try_query_one(&sql, &[&hypertable.sql(), &json]).await;
     let row = match result {
         Ok(row) => row,
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED) => {

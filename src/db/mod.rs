@@ -13,16 +13,17 @@ mod settings;
 mod tls;
 mod watch;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, Connection, Row, Socket, Statement};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Config, Connection, Row, Socket};
 
 use crate::error::{Error, Result, Side};
 use env::{Environment, ProcessEnv};
@@ -30,38 +31,65 @@ use pgpass::Password;
 use settings::{HostSpec, Settings, SslMode};
 use tls::{Tls, TlsError, TlsStream};
 
-/// Session settings for every connection that moves or compares data: text
-/// forms that read back identically on the other side, whatever each server's
-/// defaults are; and no server-side time limit on a statement or an open
-/// transaction (a chunk's COPY takes as long as it takes; a managed service's
-/// `statement_timeout` would otherwise end every long copy). Any role may set
-/// these for its own session; `transaction_timeout` exists from PostgreSQL 17.
-/// `lock_timeout` is left as configured: a lock wait that long fails the
-/// attempt (55P03, transient) and the task is retried. A stuck server is
-/// noticed on our side instead: `connect_timeout`, TCP keepalives and
-/// `--stall-timeout`.
+/// Session settings of the source: text forms that read back identically
+/// on the other side, whatever each server's defaults are; as extra
+/// protection, nothing we run there can write; and no server-side time limit
+/// on a statement or an open transaction (a chunk's COPY takes as long as it
+/// takes; a managed service's `statement_timeout` would otherwise end every
+/// long copy). Any role may set these for its own session;
+/// `transaction_timeout` exists from PostgreSQL 17. `lock_timeout` is left as
+/// configured: a lock wait that long fails the attempt (55P03, transient)
+/// and the task is retried. A stuck server is noticed on our side instead:
+/// `connect_timeout`, TCP keepalives and `--stall-timeout`. One round trip.
 // language=PostgreSQL
-const SESSION_TIMEOUTS: &str =
-    "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0";
-
-/// The rest of the session set-up (see [`SESSION_TIMEOUTS`]).
-// language=PostgreSQL
-const SESSION_SETUP: &str = "SET DateStyle = 'ISO, YMD'; \
+const SOURCE_SESSION: &str = "SET DateStyle = 'ISO, YMD'; \
      SET IntervalStyle = 'postgres'; \
      SET extra_float_digits = 3; \
      SET TimeZone = 'UTC'; \
      SET bytea_output = 'hex'; \
      SET standard_conforming_strings = on; \
      SET client_min_messages = warning; \
-     SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'transaction_timeout'";
+     SET default_transaction_read_only = on; \
+     SELECT set_config(name, '0', false) FROM pg_settings \
+     WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout', 'transaction_timeout')";
+
+/// When the endpoint refused [`STARTUP_OPTIONS`] (a pooler), the source's
+/// limits go first, alone: a server-side statement_timeout counts from the
+/// start of each query string, and a tiny one (50 ms) can end even
+/// [`SOURCE_SESSION`] on a loaded server; then it is tried again.
+// language=PostgreSQL
+const SESSION_TIMEOUTS: &str =
+    "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0";
 
 /// The server process of this session, for the stuck-server probe.
 // language=PostgreSQL
 const BACKEND_PID: &str = "SELECT pg_backend_pid()";
 
-/// Extra protection on the source: nothing we run there can write.
+/// Begins a target transaction that moves or compares data, with the source
+/// session's text settings and time limits, for this transaction only. The
+/// target keeps no session state at all: through a transaction-mode pooler
+/// each transaction may run in another server session, and a session `SET`
+/// would leak into the pooled session that other clients get next.
 // language=PostgreSQL
-const SOURCE_SETUP: &str = "SET default_transaction_read_only = on";
+pub const BEGIN_TARGET: &str = "BEGIN; \
+     SET LOCAL DateStyle = 'ISO, YMD'; \
+     SET LOCAL IntervalStyle = 'postgres'; \
+     SET LOCAL extra_float_digits = 3; \
+     SET LOCAL TimeZone = 'UTC'; \
+     SET LOCAL bytea_output = 'hex'; \
+     SET LOCAL standard_conforming_strings = on; \
+     SET LOCAL client_min_messages = warning; \
+     SELECT set_config(name, '0', true) FROM pg_settings \
+     WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout', 'transaction_timeout')";
+
+/// Sent in the startup packet of every connection: no server-side time
+/// limit on a statement or an idle transaction for hyperfill's own sessions
+/// (see SOURCE_SESSION), without a round trip and without a session `SET`
+/// that a transaction-mode pooler would hand on to its other clients. A
+/// pooler that refuses startup options (PgBouncer: "unsupported startup
+/// parameter") gets a connection without them; then the copy and verify
+/// transactions set the limits for themselves (BEGIN_TARGET).
+const STARTUP_OPTIONS: &str = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0";
 
 type Conn = (Client, Connection<Socket, TlsStream<Socket>>);
 
@@ -72,6 +100,9 @@ pub struct ConnInfo {
     /// Everything but the host, port, password and sslmode, which are set
     /// per host at connect time.
     config: Config,
+    /// Set once the endpoint refused [`STARTUP_OPTIONS`] (a pooler): shared
+    /// by every clone, so the workers connect without them at once.
+    no_startup_options: Arc<AtomicBool>,
     hosts: Vec<HostSpec>,
     /// One per host (the password file may differ per host).
     passwords: Vec<Option<Password>>,
@@ -183,6 +214,7 @@ impl ConnInfo {
         Ok(Self {
             side,
             config,
+            no_startup_options: Arc::new(AtomicBool::new(false)),
             passwords,
             passfile: settings.passfile.clone(),
             user: settings.user,
@@ -233,23 +265,23 @@ impl ConnInfo {
             drop(connection);
         });
         let setup = async {
-            // The limits go first, alone: a server-side statement_timeout
-            // counts from the start of each query string, and a tiny one
-            // (50 ms) can end even this on a loaded server; then try again.
-            let mut tries = 0;
-            loop {
-                match db.batch(SESSION_TIMEOUTS, "setting up the session").await {
-                    Err(Error::Db { source, .. })
-                        if tries < 3 && source.code() == Some(&SqlState::QUERY_CANCELED) =>
-                    {
-                        tries += 1;
-                    }
-                    r => break r?,
-                }
-            }
-            db.batch(SESSION_SETUP, "setting up the session").await?;
+            // The target gets no session settings (see BEGIN_TARGET).
             if side == Side::Source {
-                db.batch(SOURCE_SETUP, "setting up the session").await?;
+                if self.no_startup_options.load(Ordering::Relaxed) {
+                    let mut tries = 0;
+                    loop {
+                        match db.batch(SESSION_TIMEOUTS, "setting up the session").await {
+                            Err(Error::Db { source, .. })
+                                if tries < 3
+                                    && source.code() == Some(&SqlState::QUERY_CANCELED) =>
+                            {
+                                tries += 1;
+                            }
+                            r => break r?,
+                        }
+                    }
+                }
+                db.batch(SOURCE_SESSION, "setting up the session").await?;
             }
             match self.stall {
                 Some(_) => Ok(Some(
@@ -291,6 +323,15 @@ impl ConnInfo {
                 })
             }),
         }
+    }
+
+    /// Connect without startup options and without session settings: the
+    /// session sees the time limits the server, database and role set (for
+    /// `check`).
+    pub async fn connect_plain(&self) -> Result<Db> {
+        let mut plain = self.clone();
+        plain.no_startup_options = Arc::new(AtomicBool::new(true));
+        plain.connect_raw().await
     }
 
     /// Connect with server defaults only (no session settings): used to parse
@@ -335,8 +376,36 @@ impl ConnInfo {
     }
 
     async fn open_host_untimed(&self, i: usize) -> Result<Conn> {
+        if self.no_startup_options.load(Ordering::Relaxed) {
+            return self.open_host_with(i, false).await;
+        }
+        match self.open_host_with(i, true).await {
+            Err(Error::Connect { source, .. })
+                if source
+                    .as_db_error()
+                    .is_some_and(|e| e.message().starts_with("unsupported startup parameter")) =>
+            {
+                // A connection pooler (PgBouncer) in front: it takes no
+                // `options`. The time limits are then set per transaction
+                // (BEGIN_TARGET), and for the source's session by SET.
+                tracing::info!(side = %self.side, "the endpoint takes no startup options (a connection pooler): time limits are set per transaction");
+                self.no_startup_options.store(true, Ordering::Relaxed);
+                self.open_host_with(i, false).await
+            }
+            r => r,
+        }
+    }
+
+    async fn open_host_with(&self, i: usize, options: bool) -> Result<Conn> {
         let h = &self.hosts[i];
         let mut cfg = self.config.clone();
+        if options {
+            let all = match cfg.get_options() {
+                Some(given) => format!("{given} {STARTUP_OPTIONS}"),
+                None => STARTUP_OPTIONS.to_string(),
+            };
+            cfg.options(&all);
+        }
         // tokio-postgres checks the TLS certificate against the host name;
         // with only a hostaddr, that is the address.
         cfg.host(h.name());
@@ -484,37 +553,96 @@ fn shuffle(v: &mut [usize]) {
     }
 }
 
+/// A bind parameter that knows its PostgreSQL type.
+///
+/// Every statement is sent unnamed, with its parameter types, in a single
+/// round trip (Parse, Bind, Describe, Execute, Sync together): nothing is
+/// left on the server between transactions, so it works the same through a
+/// transaction-mode connection pooler (where a named prepared statement
+/// made in one transaction is gone, or someone else's, in the next), and it
+/// costs one round trip however far the server is.
+pub trait Param: ToSql + Sync {
+    fn pg_type(&self) -> Type;
+}
+
+/// The PostgreSQL type a Rust value is sent as.
+pub trait PgType {
+    const TYPE: Type;
+}
+
+macro_rules! pg_types {
+    ($($t:ty => $pg:ident),* $(,)?) => {
+        $(impl PgType for $t { const TYPE: Type = Type::$pg; })*
+    };
+}
+pg_types! {
+    bool => BOOL,
+    i16 => INT2,
+    i32 => INT4,
+    i64 => INT8,
+    f64 => FLOAT8,
+    String => TEXT,
+    &str => TEXT,
+    std::time::SystemTime => TIMESTAMPTZ,
+    serde_json::Value => JSONB,
+    &serde_json::Value => JSONB,
+    Vec<String> => TEXT_ARRAY,
+    Vec<i64> => INT8_ARRAY,
+}
+
+impl<T: PgType> PgType for Option<T> {
+    const TYPE: Type = T::TYPE;
+}
+
+impl<T: PgType + ToSql + Sync> Param for T {
+    fn pg_type(&self) -> Type {
+        T::TYPE
+    }
+}
+
 /// A connection to one side. Every method names the side and the operation
 /// in its error.
 pub struct Db {
     pub client: Client,
     pub side: Side,
+    /// Statements to send in front of the next [`Db::batch`], in its round
+    /// trip (the `COMMIT` of a read-only source transaction, whose outcome
+    /// nothing waits for).
+    deferred: std::sync::Mutex<String>,
     /// The error the server ended the session with, if it did: a FATAL
     /// sent while no request was waiting (a hot standby ending an idle
     /// transaction for a recovery conflict, an administrator's
     /// pg_terminate_backend) reaches no request, only the connection.
     ended: Arc<Mutex<Option<tokio_postgres::Error>>>,
-    /// Statements prepared on this connection, by their text: the same
-    /// per-chunk queries run thousands of times, and preparing once saves a
-    /// round trip and the server's parse and plan each time.
-    statements: std::sync::Mutex<HashMap<String, Statement>>,
     /// Set on worker connections: every wait is checked for a stuck server.
     watch: Option<watch::Watch>,
 }
 
-/// Statements kept per connection at most; the cache starts over past this
-/// (statements that name a chunk are used once).
-const STATEMENT_CACHE: usize = 128;
+/// The parameters as tokio-postgres takes them, with their types.
+fn typed<'a>(params: &[&'a dyn Param]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    params
+        .iter()
+        .map(|p| (*p as &(dyn ToSql + Sync), p.pg_type()))
+        .collect()
+}
 
 impl Db {
     pub(crate) fn new(client: Client, side: Side) -> Db {
         Db {
             client,
             side,
+            deferred: std::sync::Mutex::new(String::new()),
             ended: Arc::default(),
-            statements: std::sync::Mutex::new(HashMap::new()),
             watch: None,
         }
+    }
+
+    /// Send `sql` (statements without parameters) with the next
+    /// [`Db::batch`] instead of now, saving its round trip.
+    pub fn defer(&self, sql: &str) {
+        let mut d = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        d.push_str(sql);
+        d.push_str("; ");
     }
 
     /// The error for a failed request on this connection: the side and the
@@ -556,79 +684,67 @@ impl Db {
         r.map_err(|e| self.error(what, e))
     }
 
-    async fn statement(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
-        let cached = self
-            .statements
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(sql)
-            .cloned();
-        if let Some(st) = cached {
-            return Ok(st);
-        }
-        let st = self.client.prepare(sql).await?;
-        let mut cache = self.statements.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= STATEMENT_CACHE {
-            cache.clear();
-        }
-        cache.insert(sql.to_string(), st.clone());
-        Ok(st)
-    }
-
-    pub async fn query(
+    /// Run a statement; the error is tokio-postgres' own, for callers that
+    /// look at its SQLSTATE.
+    pub async fn try_query(
         &self,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-        what: &str,
-    ) -> Result<Vec<Row>> {
-        let run = async { self.client.query(&self.statement(sql).await?, params).await };
-        self.guard(what, run).await
+        params: &[&dyn Param],
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        self.client.query_typed(sql, &typed(params)).await
     }
 
-    pub async fn query_one(
+    /// [`Db::try_query`] for exactly one row.
+    pub async fn try_query_one(
         &self,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-        what: &str,
-    ) -> Result<Row> {
-        let run = async {
-            self.client
-                .query_one(&self.statement(sql).await?, params)
-                .await
-        };
-        self.guard(what, run).await
+        params: &[&dyn Param],
+    ) -> std::result::Result<Row, tokio_postgres::Error> {
+        self.client.query_typed_one(sql, &typed(params)).await
+    }
+
+    pub async fn query(&self, sql: &str, params: &[&dyn Param], what: &str) -> Result<Vec<Row>> {
+        self.guard(what, self.client.query_typed(sql, &typed(params)))
+            .await
+    }
+
+    pub async fn query_one(&self, sql: &str, params: &[&dyn Param], what: &str) -> Result<Row> {
+        self.guard(what, self.client.query_typed_one(sql, &typed(params)))
+            .await
     }
 
     pub async fn query_opt(
         &self,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        params: &[&dyn Param],
         what: &str,
     ) -> Result<Option<Row>> {
+        self.guard(what, self.client.query_typed_opt(sql, &typed(params)))
+            .await
+    }
+
+    /// Run a statement; returns the number of rows it affected.
+    pub async fn execute(&self, sql: &str, params: &[&dyn Param], what: &str) -> Result<u64> {
         let run = async {
-            self.client
-                .query_opt(&self.statement(sql).await?, params)
-                .await
+            let rows = self.client.query_typed_raw(sql, typed(params)).await?;
+            futures::pin_mut!(rows);
+            while rows.as_mut().try_next().await?.is_some() {}
+            Ok(rows.rows_affected().unwrap_or(0))
         };
         self.guard(what, run).await
     }
 
-    pub async fn execute(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-        what: &str,
-    ) -> Result<u64> {
-        let run = async {
-            self.client
-                .execute(&self.statement(sql).await?, params)
-                .await
-        };
-        self.guard(what, run).await
-    }
-
+    /// Statements without parameters, in one simple-query round trip
+    /// (with whatever was [`Db::defer`]red in front).
     pub async fn batch(&self, sql: &str, what: &str) -> Result<()> {
-        self.guard(what, self.client.batch_execute(sql)).await
+        let deferred =
+            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        let sql = if deferred.is_empty() {
+            std::borrow::Cow::Borrowed(sql)
+        } else {
+            std::borrow::Cow::Owned(format!("{deferred}{sql}"))
+        };
+        self.guard(what, self.client.batch_execute(&sql)).await
     }
 }
 

@@ -20,6 +20,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tokio_postgres::types::Type;
+
 use super::ConnInfo;
 use crate::error::{Error, Result, Side};
 
@@ -80,8 +82,9 @@ impl Watch {
             tokio::spawn(async move {
                 let _ = connection.await;
             });
+            // Unnamed, typed: works through a transaction-mode pooler too.
             client
-                .query_opt(SESSION_STATE, &[&self.pid])
+                .query_typed_opt(SESSION_STATE, &[(&self.pid, Type::INT4)])
                 .await
                 .map_err(|e| Error::db(self.conn.side, "checking a busy session", e))
         };

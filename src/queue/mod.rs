@@ -68,28 +68,6 @@ pub async fn migrate(db: &Db) -> Result<()> {
     finish(db, result, what).await
 }
 
-/// Hold the queue's lock for the rest of the session (until [`unlock`] or
-/// disconnect): one `stage` at a time, and no `clean` while one runs.
-pub async fn lock(db: &Db) -> Result<()> {
-    db.execute(
-        sql::ADVISORY_LOCK,
-        &[&sql::LOCK_KEY],
-        "waiting for other stage runs",
-    )
-    .await?;
-    Ok(())
-}
-
-pub async fn unlock(db: &Db) -> Result<()> {
-    db.execute(
-        sql::ADVISORY_UNLOCK,
-        &[&sql::LOCK_KEY],
-        "releasing the queue lock",
-    )
-    .await?;
-    Ok(())
-}
-
 /// Drop the queue. Succeeds when it is already gone. Returns whether it existed.
 pub async fn drop(db: &Db) -> Result<bool> {
     let existed = exists(db).await?;
@@ -167,13 +145,27 @@ pub async fn task_windows(db: &Db) -> Result<HashMap<QualifiedName, TaskWindow>>
         .collect())
 }
 
-/// Insert new tasks and re-queue widened ones in one transaction. The caller
-/// holds the queue's lock ([`lock`]) from reading the windows to here.
+/// Insert new tasks and re-queue widened ones in one transaction, which
+/// holds the queue's transaction-scoped advisory lock from reading the
+/// staged windows to writing: `decide` gets the windows as they are under
+/// the lock and returns (new, widened). Concurrent stages take turns, and
+/// none works from windows another is changing. Nothing outlives the
+/// transaction, so this works through a transaction-mode pooler too.
 /// Returns the number inserted.
-pub async fn enqueue(db: &Db, new: &[StagedTask], widened: &[StagedTask]) -> Result<u64> {
+pub async fn enqueue<F>(db: &Db, decide: F) -> Result<u64>
+where
+    F: FnOnce(&HashMap<QualifiedName, TaskWindow>) -> (Vec<StagedTask>, Vec<StagedTask>),
+{
     let what = "writing tasks to the queue";
     db.batch("BEGIN", what).await?;
     let result = async {
+        db.execute(
+            sql::ADVISORY_XACT_LOCK,
+            &[&sql::LOCK_KEY],
+            "waiting for other stage runs",
+        )
+        .await?;
+        let (new, widened) = decide(&task_windows(db).await?);
         let mut inserted = 0;
         for batch in new.chunks(5000) {
             let json = serde_json::to_value(batch).map_err(|e| Error::Internal(e.to_string()))?;

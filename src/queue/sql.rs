@@ -3,7 +3,8 @@
 /// The schema that holds the queue.
 pub const SCHEMA: &str = "__hyperfill";
 
-/// Key of the advisory lock taken by schema migrations, stage and clean.
+/// Key of the transaction-scoped advisory lock taken by schema migrations,
+/// stage's enqueue and clean.
 pub const LOCK_KEY: i64 = 0x6879_7065_7266_696c; // "hyperfil"
 
 /// The versioned migrations, in order.
@@ -33,12 +34,6 @@ pub const RECORD_MIGRATION: &str = "INSERT INTO __hyperfill.migration (version) 
 
 // language=PostgreSQL
 pub const ADVISORY_XACT_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
-
-// language=PostgreSQL
-pub const ADVISORY_LOCK: &str = "SELECT pg_advisory_lock($1)";
-
-// language=PostgreSQL
-pub const ADVISORY_UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
 
 // language=PostgreSQL
 pub const DROP_SCHEMA: &str = "DROP SCHEMA IF EXISTS __hyperfill CASCADE";

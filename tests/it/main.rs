@@ -15,6 +15,7 @@ mod left_behind;
 mod load;
 mod numbers;
 mod ops;
+mod pooler;
 mod refusals;
 mod replica;
 mod resume;

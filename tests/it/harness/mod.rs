@@ -13,6 +13,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+pub mod pooler;
 pub mod replica;
 
 use tokio_postgres::{Client, NoTls};
