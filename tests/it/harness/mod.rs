@@ -15,6 +15,7 @@ use std::time::Duration;
 
 pub mod pooler;
 pub mod replica;
+pub mod spawned;
 
 use tokio_postgres::{Client, NoTls};
 
