@@ -652,7 +652,7 @@ async fn check_target_hypertables(
 /// Target. $1 = hypertable schema, $2 = table. Whether TimescaleDB knows
 /// it as a hypertable.
 // language=PostgreSQL
-const IS_HYPERTABLE: &str = "\
+pub(crate) const IS_HYPERTABLE: &str = "\
 SELECT EXISTS (SELECT 1 FROM _timescaledb_catalog.hypertable WHERE schema_name = $1 AND table_name = $2)";
 
 async fn is_hypertable(db: &crate::db::Db, ht: &QualifiedName) -> Result<bool> {
@@ -669,7 +669,7 @@ async fn is_hypertable(db: &crate::db::Db, ht: &QualifiedName) -> Result<bool> {
 /// Source. $1 = quoted relation names. Those the session's role may not
 /// SELECT from (relations dropped meanwhile are left out).
 // language=PostgreSQL
-const NOT_READABLE: &str = "\
+pub(crate) const NOT_READABLE: &str = "\
 SELECT r FROM unnest($1::text[]) AS r
 WHERE to_regclass(r) IS NOT NULL AND NOT has_table_privilege(to_regclass(r), 'SELECT')";
 
