@@ -93,6 +93,11 @@ pub fn for_release(f: &Features) -> Vec<(&'static str, &'static str, Check)> {
             Prepare,
         ),
         (
+            "commands::stage::STANDBY_REPLAYED",
+            commands::stage::STANDBY_REPLAYED,
+            Prepare,
+        ),
+        (
             "commands::stage::NOT_READABLE",
             commands::stage::NOT_READABLE,
             Prepare,

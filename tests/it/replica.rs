@@ -131,11 +131,28 @@ async fn replica_as_source_stage_copy_verify_and_check_report_the_standby() {
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("check's JSON");
     assert!(v["result"]["source_standby"].is_null(), "{v}");
 
-    // stage, copy, verify, all reading from the replica.
-    run(&db, "stage", &src, &["--until", "2024-01-20"])
-        .await
-        .assert_ok()
-        .assert_contains("Staged 20 chunk(s)");
+    // A --until after the standby's last replayed commit: stage warns that
+    // the standby may not hold every row below it (a dry run: no change).
+    let r = run(&db, "stage", &src, &["--until", "2999-01-01", "--dry-run"]).await;
+    r.assert_ok()
+        .assert_contains("Warning: source: the source is a hot standby, and the last transaction it replayed committed on the primary at ")
+        .assert_contains("before --until 2999-01-01");
+    // The same against the primary: no such warning.
+    let r = run(
+        &db,
+        "stage",
+        &pair.primary_url("hf"),
+        &["--until", "2999-01-01", "--dry-run"],
+    )
+    .await;
+    r.assert_ok();
+    assert!(!r.all().contains("hot standby"), "{}", r.all());
+
+    // stage, copy, verify, all reading from the replica (replayed well past
+    // --until: no warning).
+    let r = run(&db, "stage", &src, &["--until", "2024-01-20"]).await;
+    r.assert_ok().assert_contains("Staged 20 chunk(s)");
+    assert!(!r.all().contains("hot standby"), "{}", r.all());
     run(&db, "copy", &src, &[]).await.assert_ok();
     assert_eq!(db.queue_states().await, "done:20");
     run(&db, "verify", &src, &[])
