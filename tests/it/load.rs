@@ -269,7 +269,14 @@ async fn copy_recovers_by_itself_when_its_backends_are_terminated_mid_copy() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     let retries = stdout.matches("Retrying chunk").count();
-    assert!(retries >= 2, "{stdout}");
+    // The target's termination always fails that attempt (its COPY or
+    // commit is cut). The source's fails it when it lands before the
+    // source COPY has ended; after that the chunk's rows are all read and
+    // the attempt may finish without the source.
+    assert!(
+        stdout.contains("Retrying chunk") && stdout.contains("failed: target database:"),
+        "{stdout}"
+    );
     assert_eq!(db.queue_states().await, "done:10");
     assert_same(
         "terminated backends",
