@@ -440,10 +440,10 @@ mod tests {
         let mut behind = target.clone();
         behind[0].watermark = 100;
         behind[0].last_bucket = Some(190);
-        let p = plan(&source, &behind, &[all.clone()], &[], show).unwrap();
+        let p = plan(&source, &behind, std::slice::from_ref(&all), &[], show).unwrap();
         assert_eq!((p.refreshes[0].start, p.refreshes[0].end), (Some(190), 200));
         behind[0].last_bucket = None;
-        let p = plan(&source, &behind, &[all.clone()], &[], show).unwrap();
+        let p = plan(&source, &behind, std::slice::from_ref(&all), &[], show).unwrap();
         assert_eq!(p.refreshes[0].start, Some(100));
         // ... and with the target's watermark at the source's: up to date.
         let p = plan(&source, &target, &[all], &[], show).unwrap();

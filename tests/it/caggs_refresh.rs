@@ -57,6 +57,33 @@ async fn fingerprint(c: &tokio_postgres::Client, rel: &str) -> (i64, String) {
 const HOURLY: &str = "(SELECT bucket, device, round(avg_v::numeric, 9) AS avg_v, n FROM hourly WHERE bucket < '2024-01-09')";
 const DAILY: &str = "(SELECT * FROM daily WHERE day < '2024-01-09')";
 
+/// The source: the schema, every row, both aggregates materialized up to Jan 9.
+async fn source_materialized_to_jan_9(db: &Dbs) {
+    db.src.batch_execute(SCHEMA).await.unwrap();
+    each(
+        &db.src,
+        &[
+            &rows("true"),
+            "CALL refresh_continuous_aggregate('hourly', NULL, '2024-01-09')",
+            "CALL refresh_continuous_aggregate('daily', NULL, '2024-01-09')",
+        ],
+    )
+    .await;
+}
+
+/// The dual-written rows (from T on) land on the target; then stage --until
+/// T, copy and refresh-caggs, whose run is returned.
+async fn dual_writes_then_stage_copy_refresh(db: &Dbs) -> crate::harness::Run {
+    db.tgt
+        .batch_execute(&rows(&format!("t >= '{T}'")))
+        .await
+        .unwrap();
+    db.stage(&["--until", T]).await.assert_ok();
+    db.copy(&[]).await.assert_ok();
+    db.run(&["refresh-caggs", "--source", "{S}", "--target", "{T}"])
+        .await
+}
+
 /// Retention on the source dropped the oldest raw chunks, while the
 /// aggregates keep their buckets; the target's schema was made by hand
 /// (aggregates WITH NO DATA: the lowest watermark). refresh-caggs must keep
@@ -66,15 +93,10 @@ async fn refresh_caggs_keeps_copied_buckets_whose_raw_rows_retention_dropped() {
     let Some(db) = Dbs::licensed("cagg_retention").await else {
         return;
     };
-    db.src.batch_execute(SCHEMA).await.unwrap();
+    source_materialized_to_jan_9(&db).await;
     each(
         &db.src,
-        &[
-            &rows("true"),
-            "CALL refresh_continuous_aggregate('hourly', NULL, '2024-01-09')",
-            "CALL refresh_continuous_aggregate('daily', NULL, '2024-01-09')",
-            "SELECT count(*) FROM drop_chunks('raw', older_than => '2024-01-03'::timestamptz)",
-        ],
+        &["SELECT count(*) FROM drop_chunks('raw', older_than => '2024-01-03'::timestamptz)"],
     )
     .await;
     assert_eq!(
@@ -84,16 +106,7 @@ async fn refresh_caggs_keeps_copied_buckets_whose_raw_rows_retention_dropped() {
         "retention dropped the oldest raw rows"
     );
     db.tgt.batch_execute(SCHEMA).await.unwrap();
-    db.tgt
-        .batch_execute(&rows(&format!("t >= '{T}'")))
-        .await
-        .unwrap();
-
-    db.stage(&["--until", T]).await.assert_ok();
-    db.copy(&[]).await.assert_ok();
-    let r = db
-        .run(&["refresh-caggs", "--source", "{S}", "--target", "{T}"])
-        .await;
+    let r = dual_writes_then_stage_copy_refresh(&db).await;
     r.assert_ok();
     assert_eq!(
         db.tgt_i64("SELECT count(*) FROM hourly WHERE bucket < '2024-01-03'")
@@ -126,27 +139,9 @@ async fn refresh_caggs_fills_every_bucket_between_t_and_the_source_watermark() {
     // The source holds everything and has materialized up to Jan 9; the
     // target is restored from its dump (watermarks and all), then receives
     // the dual-written rows from T on.
-    db.src.batch_execute(SCHEMA).await.unwrap();
-    each(
-        &db.src,
-        &[
-            &rows("true"),
-            "CALL refresh_continuous_aggregate('hourly', NULL, '2024-01-09')",
-            "CALL refresh_continuous_aggregate('daily', NULL, '2024-01-09')",
-        ],
-    )
-    .await;
+    source_materialized_to_jan_9(&db).await;
     db.restore_schema_with_pg_dump().await.unwrap();
-    db.tgt
-        .batch_execute(&rows(&format!("t >= '{T}'")))
-        .await
-        .unwrap();
-
-    db.stage(&["--until", T]).await.assert_ok();
-    db.copy(&[]).await.assert_ok();
-    let r = db
-        .run(&["refresh-caggs", "--source", "{S}", "--target", "{T}"])
-        .await;
+    let r = dual_writes_then_stage_copy_refresh(&db).await;
     r.assert_ok()
         .assert_contains(&format!(
             "Refreshing continuous aggregate \"public\".\"hourly\" in range [{T}, 2024-01-09 00:00:00+00)"
