@@ -111,13 +111,16 @@ run "$BIN/pg_dump" -d "$SRC" \
 
 log "restoring into the target"
 psql_quiet -d "$TGT" -c 'create extension if not exists timescaledb'
+# As the README says: one psql run, and timescaledb_post_restore() in one
+# transaction with the disabling of the user background jobs, so that no
+# job acts on the half-filled target.
+log "restoring, then disabling user background jobs on the target"
 run "$BIN/psql" -X -q -d "$TGT" -v ON_ERROR_STOP=1 --echo-errors -o /dev/null \
     -c 'select public.timescaledb_pre_restore();' \
     -f "$work/dump.sql" \
-    -c 'select public.timescaledb_post_restore();'
-log "disabling user background jobs on the target"
-psql_ -d "$TGT" -o /dev/null <<'SQL'
+    -f - <<'SQL'
 begin;
+select public.timescaledb_post_restore();
 select public.alter_job(id::integer, scheduled => false)
 from _timescaledb_config.bgw_job
 where id >= 1000;
