@@ -616,7 +616,19 @@ pub struct Db {
     ended: Arc<Mutex<Option<tokio_postgres::Error>>>,
     /// Set on worker connections: every wait is checked for a stuck server.
     watch: Option<watch::Watch>,
+    /// Source connections only: the statements prepared on this session,
+    /// by their text (see [`Db::prepared`]).
+    statements: std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>,
 }
+
+/// Set once a source session says a statement prepared on it is gone (a
+/// transaction-mode pooler hands each transaction another server session):
+/// from then on every source statement is sent unnamed, as on the target.
+static SOURCE_STATEMENTS_OFF: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// How many statements one source session keeps prepared at most.
+const MAX_PREPARED: usize = 64;
 
 /// The parameters as tokio-postgres takes them, with their types.
 fn typed<'a>(params: &[&'a dyn Param]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
@@ -624,6 +636,11 @@ fn typed<'a>(params: &[&'a dyn Param]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
         .iter()
         .map(|p| (*p as &(dyn ToSql + Sync), p.pg_type()))
         .collect()
+}
+
+/// The parameters as a prepared statement takes them.
+fn values<'a>(params: &[&'a dyn Param]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|p| *p as &(dyn ToSql + Sync)).collect()
 }
 
 impl Db {
@@ -634,6 +651,125 @@ impl Db {
             deferred: std::sync::Mutex::new(String::new()),
             ended: Arc::default(),
             watch: None,
+            statements: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The statement prepared for `sql` on this session, when it is a
+    /// source session that has run it before. Every task runs the same
+    /// catalog statements on the source, and planning them again each time
+    /// costs more than running them (about 1 ms against 0.1 ms on 2.29's
+    /// chunk catalog), so the source keeps them prepared. The target never
+    /// does: through a transaction-mode pooler, nothing may outlive a
+    /// transaction there.
+    fn prepared(&self, sql: &str) -> Option<tokio_postgres::Statement> {
+        if !self.keeps_statements() {
+            return None;
+        }
+        self.statements
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sql)
+            .cloned()
+    }
+
+    /// Whether statements run on this session are to be kept prepared.
+    fn keeps_statements(&self) -> bool {
+        self.side == Side::Source
+            && !SOURCE_STATEMENTS_OFF.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Prepare `sql` for the next time, in the round trip of its first run:
+    /// sent after the statement itself (join it after that), so the order
+    /// of pipelined statements is kept. A failed prepare is only not kept.
+    async fn prepare_for_next_time(&self, sql: &str, params: &[&dyn Param]) {
+        if !self.keeps_statements() {
+            return;
+        }
+        let types: Vec<Type> = params.iter().map(|p| p.pg_type()).collect();
+        if let Ok(st) = self.client.prepare_typed(sql, &types).await {
+            let mut m = self.statements.lock().unwrap_or_else(|e| e.into_inner());
+            if m.len() >= MAX_PREPARED {
+                m.clear();
+            }
+            m.insert(sql.to_string(), st);
+        }
+    }
+
+    /// A prepared statement that is gone means a transaction-mode pooler in
+    /// front of the source: this attempt fails (transient) and from now on
+    /// source statements are sent unnamed.
+    fn note_prepared_error<T>(r: &std::result::Result<T, tokio_postgres::Error>) {
+        if let Err(e) = r {
+            if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME) {
+                SOURCE_STATEMENTS_OFF.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn rows(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        match self.prepared(sql) {
+            Some(st) => {
+                let r = self.client.query(&st, &values(params)).await;
+                Self::note_prepared_error(&r);
+                r
+            }
+            None => {
+                let typed = typed(params);
+                let (r, ()) = futures::join!(
+                    self.client.query_typed(sql, &typed),
+                    self.prepare_for_next_time(sql, params)
+                );
+                r
+            }
+        }
+    }
+
+    async fn row(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+    ) -> std::result::Result<Row, tokio_postgres::Error> {
+        match self.prepared(sql) {
+            Some(st) => {
+                let r = self.client.query_one(&st, &values(params)).await;
+                Self::note_prepared_error(&r);
+                r
+            }
+            None => {
+                let typed = typed(params);
+                let (r, ()) = futures::join!(
+                    self.client.query_typed_one(sql, &typed),
+                    self.prepare_for_next_time(sql, params)
+                );
+                r
+            }
+        }
+    }
+
+    async fn row_opt(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+    ) -> std::result::Result<Option<Row>, tokio_postgres::Error> {
+        match self.prepared(sql) {
+            Some(st) => {
+                let r = self.client.query_opt(&st, &values(params)).await;
+                Self::note_prepared_error(&r);
+                r
+            }
+            None => {
+                let typed = typed(params);
+                let (r, ()) = futures::join!(
+                    self.client.query_typed_opt(sql, &typed),
+                    self.prepare_for_next_time(sql, params)
+                );
+                r
+            }
         }
     }
 
@@ -691,7 +827,7 @@ impl Db {
         sql: &str,
         params: &[&dyn Param],
     ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
-        self.client.query_typed(sql, &typed(params)).await
+        self.rows(sql, params).await
     }
 
     /// [`Db::try_query`] for exactly one row.
@@ -700,17 +836,15 @@ impl Db {
         sql: &str,
         params: &[&dyn Param],
     ) -> std::result::Result<Row, tokio_postgres::Error> {
-        self.client.query_typed_one(sql, &typed(params)).await
+        self.row(sql, params).await
     }
 
     pub async fn query(&self, sql: &str, params: &[&dyn Param], what: &str) -> Result<Vec<Row>> {
-        self.guard(what, self.client.query_typed(sql, &typed(params)))
-            .await
+        self.guard(what, self.rows(sql, params)).await
     }
 
     pub async fn query_one(&self, sql: &str, params: &[&dyn Param], what: &str) -> Result<Row> {
-        self.guard(what, self.client.query_typed_one(sql, &typed(params)))
-            .await
+        self.guard(what, self.row(sql, params)).await
     }
 
     pub async fn query_opt(
@@ -719,8 +853,7 @@ impl Db {
         params: &[&dyn Param],
         what: &str,
     ) -> Result<Option<Row>> {
-        self.guard(what, self.client.query_typed_opt(sql, &typed(params)))
-            .await
+        self.guard(what, self.row_opt(sql, params)).await
     }
 
     /// Run a statement; returns the number of rows it affected.
