@@ -240,7 +240,16 @@ impl CopyJob {
                 );
                 marked?;
                 committed?;
-                c.src.defer("COMMIT");
+                if self.analyze {
+                    // Not held open through the ANALYZE: an open snapshot
+                    // holds back the source's vacuum, and a hot standby
+                    // ends a transaction idle past its streaming delay.
+                    if let Err(e) = c.src.batch("COMMIT", "ending a transaction").await {
+                        tracing::debug!(error = %e, "ending the read-only source transaction");
+                    }
+                } else {
+                    c.src.defer("COMMIT");
+                }
                 if let (true, Some(target_chunk)) = (self.analyze, &target_chunk) {
                     // The chunk is committed: a failed ANALYZE is not a
                     // failed copy.

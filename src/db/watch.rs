@@ -39,8 +39,15 @@ const GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Liveness {
     Working,
+    /// Connected, but the question got no answer in the period.
+    Unanswered,
     Stuck(String),
 }
+
+/// How many periods in a row a probe may go unanswered (a pooler's queue)
+/// before the wait counts as stuck after all: a pooler in front of a
+/// frozen server would otherwise keep every probe waiting for ever.
+const MAX_UNANSWERED: u32 = 5;
 
 /// The session's state in `pg_stat_activity`: state, wait event type, wait
 /// event; no row when the session is gone.
@@ -71,6 +78,7 @@ impl Watch {
         f: impl Future<Output = std::result::Result<T, E>>,
     ) -> Result<std::result::Result<T, E>> {
         tokio::pin!(f);
+        let mut unanswered = 0;
         loop {
             if let Ok(r) = tokio::time::timeout(self.stall, &mut f).await {
                 return Ok(r);
@@ -82,7 +90,24 @@ impl Watch {
                 r = &mut f => return Ok(r),
                 l = Box::pin(self.probe()) => l,
             };
-            if let Liveness::Stuck(why) = liveness {
+            let stuck = match liveness {
+                Liveness::Working => {
+                    unanswered = 0;
+                    None
+                }
+                Liveness::Unanswered => {
+                    unanswered += 1;
+                    (unanswered >= MAX_UNANSWERED).then(|| {
+                        format!(
+                            "a new connection is accepted, but {unanswered} questions in a row \
+                             about the session went unanswered (a pooler whose server \
+                             connections are all stuck, or a server that no longer answers)"
+                        )
+                    })
+                }
+                Liveness::Stuck(why) => Some(why),
+            };
+            if let Some(why) = stuck {
                 // An idle session may just have sent its answer (the probe
                 // can wait behind a pooler's busy connections while the
                 // operation ends): give it a moment to arrive.
@@ -133,9 +158,8 @@ impl Watch {
             // Connected, but the question waits: a pooler whose server
             // connections are all busy (with our own long COPYs, say) holds
             // it in its queue, or the server is loaded. Not a verdict: wait
-            // another period and ask again. (A pooler whose server is gone
-            // ends the wait with an error of its own.)
-            Err(_) => Liveness::Working,
+            // another period and ask again, MAX_UNANSWERED times at most.
+            Err(_) => Liveness::Unanswered,
             Ok(Err(e)) => Liveness::Stuck(format!(
                 "the server cannot be asked: {}",
                 Error::db(self.conn.side, "checking a busy session", e)

@@ -96,10 +96,25 @@ async fn buckets(
     view: &QualifiedName,
 ) -> Result<Buckets> {
     let what = format!("summarizing continuous aggregate {view} per bucket");
+    // The buckets and values are compared as text: the target keeps no
+    // session settings, so its read runs in a transaction with the same
+    // text settings the source session has (UTC, ISO dates, ...).
+    let on_target = db.side == crate::error::Side::Target;
+    if on_target {
+        db.batch(crate::db::BEGIN_TARGET, "starting a transaction")
+            .await?;
+    }
     let rows = match start {
-        Some(s) => db.query(sql, &[&s, &end], &what).await?,
-        None => db.query(sql, &[&end], &what).await?,
+        Some(s) => db.query(sql, &[&s, &end], &what).await,
+        None => db.query(sql, &[&end], &what).await,
     };
+    if on_target {
+        let close = if rows.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        if let Err(e) = db.batch(close, "ending a transaction").await {
+            tracing::debug!(error = %e, "ending the target's read of {view}");
+        }
+    }
+    let rows = rows?;
     Ok(rows
         .iter()
         .map(|r| {
