@@ -166,7 +166,7 @@ const SERVER_VERSION: &str = "SELECT current_setting('server_version')";
 /// received LSN, replayed LSN, backlog bytes, replay paused,
 /// hot_standby_feedback, max_standby_streaming_delay in ms and as shown.
 // language=PostgreSQL
-const STANDBY_STATE: &str = "\
+pub(crate) const STANDBY_STATE: &str = "\
 SELECT pg_is_in_recovery(),
        pg_last_xact_replay_timestamp()::text,
        extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,
@@ -187,7 +187,7 @@ pub(crate) const SESSION_SSL: &str =
 /// sessions (`reset_val`: what they are before hyperfill's own SETs),
 /// when not 0: name, value with its unit.
 // language=PostgreSQL
-const SESSION_TIMEOUTS: &str = "\
+pub(crate) const SESSION_TIMEOUTS: &str = "\
 SELECT name, reset_val || coalesce(unit, '')
 FROM pg_settings
 WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout',

@@ -9,7 +9,7 @@
 
 use crate::catalog::compat::{self, Invalidations};
 use crate::catalog::{sql, Features};
-use crate::{caggs, check, copy};
+use crate::{caggs, check, commands, copy, verify};
 
 /// How the test checks a statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +80,34 @@ pub fn for_release(f: &Features) -> Vec<(&'static str, &'static str, Check)> {
         ("check::CAN_CREATE_QUEUE", check::CAN_CREATE_QUEUE, Prepare),
         ("check::HYPERTABLE_SIZE", check::HYPERTABLE_SIZE, Prepare),
         ("check::SESSION_SSL", check::SESSION_SSL, Prepare),
+        ("check::STANDBY_STATE", check::STANDBY_STATE, Prepare),
+        ("check::SESSION_TIMEOUTS", check::SESSION_TIMEOUTS, Prepare),
+        (
+            "commands::left_behind::SOURCE_INVENTORY",
+            commands::left_behind::SOURCE_INVENTORY,
+            Prepare,
+        ),
+        (
+            "commands::stage::IS_HYPERTABLE",
+            commands::stage::IS_HYPERTABLE,
+            Prepare,
+        ),
+        (
+            "commands::stage::STANDBY_REPLAYED",
+            commands::stage::STANDBY_REPLAYED,
+            Prepare,
+        ),
+        (
+            "commands::stage::NOT_READABLE",
+            commands::stage::NOT_READABLE,
+            Prepare,
+        ),
+        ("copy::CAGG_WATERMARK", copy::CAGG_WATERMARK, Prepare),
+        (
+            "verify::cagg::BUCKET_COLUMN",
+            verify::cagg::BUCKET_COLUMN,
+            Prepare,
+        ),
     ];
     if f.invalidations != Invalidations::Skip {
         v.push((

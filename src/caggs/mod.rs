@@ -53,9 +53,22 @@ SELECT ca.user_view_schema::text, ca.user_view_name::text, tree.depth,
        (SELECT format_type(d.column_type, NULL) FROM _timescaledb_catalog.dimension d
         WHERE d.hypertable_id = ca.mat_hypertable_id AND d.interval_length IS NOT NULL
         ORDER BY d.id LIMIT 1),
-       _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id)
+       _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id),
+       h.schema_name::text, h.table_name::text,
+       (SELECT d.column_name::text FROM _timescaledb_catalog.dimension d
+        WHERE d.hypertable_id = ca.mat_hypertable_id AND d.interval_length IS NOT NULL
+        ORDER BY d.id LIMIT 1)
 FROM _timescaledb_catalog.continuous_agg ca
+JOIN _timescaledb_catalog.hypertable h ON h.id = ca.mat_hypertable_id
 JOIN tree ON tree.mat_hypertable_id = ca.mat_hypertable_id";
+
+/// Target. The last bucket of a materialization hypertable, as TimescaleDB's
+/// internal int64 (an index scan of its time column). Built per cagg:
+/// `{functions}` is TimescaleDB's functions schema, `{column}` the quoted
+/// bucket column, `{relation}` the quoted materialization hypertable.
+// language=PostgreSQL
+const LAST_BUCKET: &str =
+    "SELECT {functions}.time_to_internal({column}) FROM {relation} ORDER BY {column} DESC LIMIT 1";
 
 /// A continuous aggregate on the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +78,9 @@ pub struct TargetCagg {
     pub depth: i32,
     pub time_type: Option<TimeType>,
     pub watermark: i64,
+    /// Where the last bucket of its materialization starts (internal),
+    /// None when it has none.
+    pub last_bucket: Option<i64>,
 }
 
 /// What the queue says about the copy of one cagg's materialization.
@@ -163,14 +179,24 @@ pub fn plan(
                 continue;
             }
             Some(s) => {
+                // Below where the copied materialization ends, the buckets
+                // are the source's own and stay as copied, whatever the
+                // target's watermark says (a target cagg made WITH NO DATA
+                // has the lowest one): refreshing them would recompute them
+                // from the target's raw rows, which lack every chunk the
+                // source's retention dropped, and so delete those buckets.
+                // The refresh moves the target's watermark to the last
+                // bucket it materializes, the source's watermark.
                 let copied_end = s.staged_upper.min(s.copied_watermark.unwrap_or(i64::MAX));
-                // A target watermark below that (restored before the source
-                // materialized those buckets) starts the refresh earlier, so
-                // that the target's watermark ends equal to the source's.
-                let start = if t.watermark != i64::MIN {
-                    copied_end.min(t.watermark)
-                } else {
-                    copied_end
+                // Everything the source materialized was copied, but the
+                // target's watermark is behind (the copy does not move it):
+                // refreshing its last bucket does, to the source's.
+                let start = match t.last_bucket {
+                    _ if copied_end < *src_wm || t.watermark >= *src_wm => copied_end,
+                    Some(b) if b < *src_wm => b,
+                    // No bucket below the source's watermark on the target:
+                    // from its own watermark, as for one never staged.
+                    _ => t.watermark,
                 };
                 (Some(start), Basis::Staged)
             }
@@ -244,7 +270,7 @@ pub async fn source_watermarks(
         .collect())
 }
 
-pub async fn target_caggs(db: &Db) -> Result<Vec<TargetCagg>> {
+pub async fn target_caggs(db: &Db, ext: &Extension) -> Result<Vec<TargetCagg>> {
     let rows = db
         .query(
             TARGET_CAGGS,
@@ -252,18 +278,36 @@ pub async fn target_caggs(db: &Db) -> Result<Vec<TargetCagg>> {
             "reading continuous aggregates and their watermarks",
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let tt: Option<String> = r.get(3);
-            TargetCagg {
-                view: QualifiedName::from_row(r, 0),
-                depth: r.get(2),
-                time_type: tt.as_deref().and_then(TimeType::from_pg),
-                watermark: r.get(4),
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let tt: Option<String> = r.get(3);
+        let view = QualifiedName::from_row(r, 0);
+        let column: Option<String> = r.get(7);
+        let last_bucket = match column {
+            Some(column) => {
+                let sql = LAST_BUCKET
+                    .replace("{functions}", &quote_ident(&ext.functions_schema))
+                    .replace("{column}", &quote_ident(&column))
+                    .replace("{relation}", &QualifiedName::from_row(r, 5).sql());
+                db.query_opt(
+                    &sql,
+                    &[],
+                    &format!("reading the last bucket of continuous aggregate {view}"),
+                )
+                .await?
+                .map(|b| b.get(0))
             }
-        })
-        .collect())
+            None => None,
+        };
+        out.push(TargetCagg {
+            view,
+            depth: r.get(2),
+            time_type: tt.as_deref().and_then(TimeType::from_pg),
+            watermark: r.get(4),
+            last_bucket,
+        });
+    }
+    Ok(out)
 }
 
 /// The SQL expression turning an internal value (`$n` as bigint) into the type.
@@ -323,6 +367,7 @@ mod tests {
             depth,
             time_type: Some(TimeType::TimestampTz),
             watermark: wm,
+            last_bucket: None,
         }
     }
 
@@ -377,11 +422,32 @@ mod tests {
         // Copied when the source had materialized less than the staged bound.
         let p = plan(&source, &target, &[staged(Some(120))], &[], show).unwrap();
         assert_eq!(p.refreshes[0].start, Some(120));
-        // A target watermark lower still (restored early) starts earlier.
-        let mut lagging = target.clone();
-        lagging[0].watermark = 100;
-        let p = plan(&source, &lagging, &[staged(Some(180))], &[], show).unwrap();
+        // A target watermark lower still (restored early, or never
+        // materialized) does not start it earlier: the copied buckets stay.
+        for low in [100, -210_866_803_200_000_000] {
+            let mut lagging = target.clone();
+            lagging[0].watermark = low;
+            let p = plan(&source, &lagging, &[staged(Some(180))], &[], show).unwrap();
+            assert_eq!(p.refreshes[0].start, Some(150));
+        }
+        // Everything copied (T past the source's watermark), but the
+        // target's watermark behind: its last bucket is refreshed, which
+        // moves the watermark; without a bucket, from its watermark.
+        let all = Staged {
+            staged_upper: 250,
+            ..staged(Some(200))
+        };
+        let mut behind = target.clone();
+        behind[0].watermark = 100;
+        behind[0].last_bucket = Some(190);
+        let p = plan(&source, &behind, std::slice::from_ref(&all), &[], show).unwrap();
+        assert_eq!((p.refreshes[0].start, p.refreshes[0].end), (Some(190), 200));
+        behind[0].last_bucket = None;
+        let p = plan(&source, &behind, std::slice::from_ref(&all), &[], show).unwrap();
         assert_eq!(p.refreshes[0].start, Some(100));
+        // ... and with the target's watermark at the source's: up to date.
+        let p = plan(&source, &target, &[all], &[], show).unwrap();
+        assert!(p.refreshes.is_empty(), "{p:?}");
         // Refreshed over that range before: nothing to do.
         let last = [LastRefresh {
             view: q("hourly"),

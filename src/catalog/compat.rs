@@ -189,68 +189,40 @@ SELECT coalesce((SELECT h.status & 8 <> 0 FROM _timescaledb_catalog.hypertable h
 // language=PostgreSQL
 pub const SET_NO_COPY_OPTIMIZATIONS: &str = "SET LOCAL timescaledb.enable_optimizations = off";
 
-/// The chunk catalog as two views with the same columns in every release,
-/// inlined by the planner (NOT MATERIALIZED) so lookups by name or id use
-/// the catalog's own indexes:
-///
-/// * `chunk_v`: `id`, `hypertable_id`, `schema_name`, `table_name` (type
-///   `name`), `status`, `osm_chunk`, `compressed_schema`, `compressed_name`
-///   (NULL when the chunk is not compressed). Dropped chunks (before 2.26)
-///   are left out. Before 2.29 it also lists the chunks of internal
-///   compressed hypertables, which no user hypertable owns.
-/// * `slice_v`: `chunk_id`, `slice_id`, `dimension_id`, `range_start`, `range_end`.
-macro_rules! chunk_views_2_16 {
-    () => {
-        "\
+// The chunk catalog as two views with the same columns in every release,
+// inlined by the planner (NOT MATERIALIZED) so lookups by name or id use
+// the catalog's own indexes:
+//
+// * `chunk_v`: `id`, `hypertable_id`, `schema_name`, `table_name` (type
+//   `name`), `status`, `osm_chunk`, `compressed_schema`, `compressed_name`
+//   (NULL when the chunk is not compressed). Dropped chunks (before 2.26)
+//   are left out. Before 2.29 it also lists the chunks of internal
+//   compressed hypertables, which no user hypertable owns.
+// * `slice_v`: `chunk_id`, `slice_id`, `dimension_id`, `range_start`, `range_end`.
+//
+// The pieces the four shapes are made of:
+
+/// `chunk_v` before 2.29: chunks by name, the compressed chunk a chunk row
+/// of its own. `$filter` is empty, or a WHERE that leaves dropped chunks out.
+macro_rules! chunk_v_by_name {
+    ($filter:expr) => {
+        concat!(
+            "\
 chunk_v AS NOT MATERIALIZED (
     SELECT c.id, c.hypertable_id, c.schema_name, c.table_name, c.status, c.osm_chunk,
            cc.schema_name AS compressed_schema, cc.table_name AS compressed_name
     FROM _timescaledb_catalog.chunk c
-    LEFT JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id
-    WHERE NOT c.dropped
-),
-slice_v AS NOT MATERIALIZED (
-    SELECT x.chunk_id, ds.id AS slice_id, ds.dimension_id, ds.range_start, ds.range_end
-    FROM _timescaledb_catalog.chunk_constraint x
-    JOIN _timescaledb_catalog.dimension_slice ds ON ds.id = x.dimension_slice_id
+    LEFT JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id",
+            $filter,
+            "
 )"
+        )
     };
 }
 
-macro_rules! chunk_views_2_26 {
-    () => {
-        "\
-chunk_v AS NOT MATERIALIZED (
-    SELECT c.id, c.hypertable_id, c.schema_name, c.table_name, c.status, c.osm_chunk,
-           cc.schema_name AS compressed_schema, cc.table_name AS compressed_name
-    FROM _timescaledb_catalog.chunk c
-    LEFT JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id
-),
-slice_v AS NOT MATERIALIZED (
-    SELECT x.chunk_id, ds.id AS slice_id, ds.dimension_id, ds.range_start, ds.range_end
-    FROM _timescaledb_catalog.chunk_constraint x
-    JOIN _timescaledb_catalog.dimension_slice ds ON ds.id = x.dimension_slice_id
-)"
-    };
-}
-
-macro_rules! chunk_views_2_28 {
-    () => {
-        "\
-chunk_v AS NOT MATERIALIZED (
-    SELECT c.id, c.hypertable_id, c.schema_name, c.table_name, c.status, c.osm_chunk,
-           cc.schema_name AS compressed_schema, cc.table_name AS compressed_name
-    FROM _timescaledb_catalog.chunk c
-    LEFT JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id
-),
-slice_v AS NOT MATERIALIZED (
-    SELECT ds.chunk_id, ds.id AS slice_id, ds.dimension_id, ds.range_start, ds.range_end
-    FROM _timescaledb_catalog.dimension_slice ds
-)"
-    };
-}
-
-macro_rules! chunk_views_2_29 {
+/// `chunk_v` from 2.29: chunks by `relid`, the compressed relation found
+/// through `compression_settings`.
+macro_rules! chunk_v_by_relid {
     () => {
         "\
 chunk_v AS NOT MATERIALIZED (
@@ -263,11 +235,56 @@ chunk_v AS NOT MATERIALIZED (
     LEFT JOIN _timescaledb_catalog.compression_settings s ON s.relid = c.relid
     LEFT JOIN pg_class cr ON cr.oid = s.compress_relid
     LEFT JOIN pg_namespace cn ON cn.oid = cr.relnamespace
-),
+)"
+    };
+}
+
+/// `slice_v` before 2.28: slices shared between chunks, linked by `chunk_constraint`.
+macro_rules! slice_v_via_constraint {
+    () => {
+        "\
+slice_v AS NOT MATERIALIZED (
+    SELECT x.chunk_id, ds.id AS slice_id, ds.dimension_id, ds.range_start, ds.range_end
+    FROM _timescaledb_catalog.chunk_constraint x
+    JOIN _timescaledb_catalog.dimension_slice ds ON ds.id = x.dimension_slice_id
+)"
+    };
+}
+
+/// `slice_v` from 2.28: one slice per chunk and dimension, with its `chunk_id`.
+macro_rules! slice_v_per_chunk {
+    () => {
+        "\
 slice_v AS NOT MATERIALIZED (
     SELECT ds.chunk_id, ds.id AS slice_id, ds.dimension_id, ds.range_start, ds.range_end
     FROM _timescaledb_catalog.dimension_slice ds
 )"
+    };
+}
+
+// The four shapes: which pieces each release uses.
+macro_rules! chunk_views_2_16 {
+    () => {
+        concat!(
+            chunk_v_by_name!("\n    WHERE NOT c.dropped"),
+            ",\n",
+            slice_v_via_constraint!()
+        )
+    };
+}
+macro_rules! chunk_views_2_26 {
+    () => {
+        concat!(chunk_v_by_name!(""), ",\n", slice_v_via_constraint!())
+    };
+}
+macro_rules! chunk_views_2_28 {
+    () => {
+        concat!(chunk_v_by_name!(""), ",\n", slice_v_per_chunk!())
+    };
+}
+macro_rules! chunk_views_2_29 {
+    () => {
+        concat!(chunk_v_by_relid!(), ",\n", slice_v_per_chunk!())
     };
 }
 

@@ -112,7 +112,7 @@ pub async fn parse_windows(
                         "--{flag} '{text}' cannot be read as {} (the time type of {}): {}",
                         tt.sql(),
                         names.join(", "),
-                        pg_text(&e)
+                        pg_text(&e).trim_end_matches('.')
                     )),
                     Err(e) => Err(Error::db(raw.side, format!("reading --{flag}"), e).to_string()),
                 }

@@ -161,12 +161,14 @@ impl CopyJob {
         // Target: the transaction, the claim and the savepoint after it in
         // one round trip (with no task, the savepoint is rolled back too).
         let begin = format!("{}; {BEGIN_COPY}", crate::db::BEGIN_TARGET);
-        let (begun, claimed, saved) = futures::join!(
+        let (begun, noted, claimed, saved) = futures::join!(
             c.tgt.batch(&begin, "starting a transaction"),
+            c.tgt.note_session(),
             queue::claim_copy(&c.tgt, self.max_attempts),
             c.tgt.batch(SAVEPOINT, "starting the task"),
         );
         begun?;
+        noted?;
         let claimed = claimed?;
         saved?;
         let Some(task) = claimed else {

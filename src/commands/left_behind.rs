@@ -41,22 +41,7 @@ pub async fn source_inventory(src: &Db) -> Result<Vec<LeftBehind>> {
     let rows = src
         .query(SOURCE_INVENTORY, &[], "listing the source's hypertables")
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| LeftBehind {
-            hypertable: QualifiedName::from_row(r, 0),
-            continuous_aggregate: match (
-                r.get::<_, Option<String>>(2),
-                r.get::<_, Option<String>>(3),
-            ) {
-                (Some(s), Some(n)) => Some(QualifiedName::new(s, n)),
-                _ => None,
-            },
-            time_type: r.get(4),
-            chunks: r.get(5),
-            filter_name: r.get(6),
-        })
-        .collect())
+    Ok(rows.iter().map(LeftBehind::from_row).collect())
 }
 
 /// What the summaries add: the hypertables left behind, and the chunks

@@ -70,7 +70,7 @@ pub async fn refresh_caggs(
     };
     let plan = caggs::plan(
         &source_wm,
-        &caggs::target_caggs(&tgt).await?,
+        &caggs::target_caggs(&tgt, &target_ext).await?,
         &staged,
         &last,
         ui::internal_time,

@@ -187,7 +187,8 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     )
     .await?;
     let tasks = plan::split_huge(plan::tasks_for(&chunks, &windows));
-    let warnings = bound_warnings(&chunks, &windows);
+    let mut warnings = bound_warnings(&chunks, &windows);
+    warnings.extend(standby_behind_until(&src, &windows).await?);
 
     // Everything that can refuse the stage is checked before anything is
     // created on the target (the queue schema, chunks).
@@ -649,10 +650,60 @@ async fn check_target_hypertables(
     )))
 }
 
+/// Source. Whether it is a hot standby; the commit time (on the primary) of
+/// the last transaction it replayed, in microseconds since the Unix epoch
+/// and as text; NULL when not a standby or nothing was replayed yet.
+// language=PostgreSQL
+pub(crate) const STANDBY_REPLAYED: &str = "\
+SELECT pg_is_in_recovery(),
+       (extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000000)::int8,
+       pg_last_xact_replay_timestamp()::text";
+
+/// A hot-standby source holds only what it has replayed: when the last
+/// commit it replayed is older than a timestamptz `--until`, rows the
+/// primary committed since then (below `--until`) are not there yet. A
+/// warning, not a refusal: a primary with no writes since then leaves the
+/// standby complete with an old replay time.
+async fn standby_behind_until(
+    src: &crate::db::Db,
+    windows: &HashMap<catalog::TimeType, plan::Window>,
+) -> Result<Option<String>> {
+    let r = src
+        .query_one(STANDBY_REPLAYED, &[], "reading the standby's replay state")
+        .await?;
+    if !r.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let Some(w) = windows.get(&catalog::TimeType::TimestampTz) else {
+        return Ok(None);
+    };
+    let replayed: Option<i64> = r.get(1);
+    let shown: Option<String> = r.get(2);
+    Ok(match (replayed, shown) {
+        (Some(at), Some(shown)) if at < w.until.internal => Some(format!(
+            "source: the source is a hot standby, and the last transaction it replayed committed \
+             on the primary at {shown}, before --until {}: rows the primary committed since \
+             then are not on the standby yet, and neither this stage nor the copy would see \
+             them. Unless the primary has had no writes since, wait until the standby has \
+             replayed past --until (`hyperfill check` shows how far it is) and stage again, or \
+             stage and copy from the primary",
+            w.until.literal
+        )),
+        (None, _) | (_, None) => Some(format!(
+            "source: the source is a hot standby that has replayed no transaction since it \
+             started, so it cannot tell whether it holds every row below --until {}. Make \
+             sure it has caught up with the primary (`hyperfill check` shows its lag) before \
+             copying, or stage and copy from the primary",
+            w.until.literal
+        )),
+        _ => None,
+    })
+}
+
 /// Target. $1 = hypertable schema, $2 = table. Whether TimescaleDB knows
 /// it as a hypertable.
 // language=PostgreSQL
-const IS_HYPERTABLE: &str = "\
+pub(crate) const IS_HYPERTABLE: &str = "\
 SELECT EXISTS (SELECT 1 FROM _timescaledb_catalog.hypertable WHERE schema_name = $1 AND table_name = $2)";
 
 async fn is_hypertable(db: &crate::db::Db, ht: &QualifiedName) -> Result<bool> {
@@ -669,7 +720,7 @@ async fn is_hypertable(db: &crate::db::Db, ht: &QualifiedName) -> Result<bool> {
 /// Source. $1 = quoted relation names. Those the session's role may not
 /// SELECT from (relations dropped meanwhile are left out).
 // language=PostgreSQL
-const NOT_READABLE: &str = "\
+pub(crate) const NOT_READABLE: &str = "\
 SELECT r FROM unnest($1::text[]) AS r
 WHERE to_regclass(r) IS NOT NULL AND NOT has_table_privilege(to_regclass(r), 'SELECT')";
 

@@ -91,9 +91,13 @@ struct VerifyJob {
 
 impl VerifyJob {
     async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError<Event>> {
-        c.tgt
-            .batch(crate::db::BEGIN_TARGET, "starting a transaction")
-            .await?;
+        let (begun, noted) = futures::join!(
+            c.tgt
+                .batch(crate::db::BEGIN_TARGET, "starting a transaction"),
+            c.tgt.note_session(),
+        );
+        begun?;
+        noted?;
         let Some(task) = queue::claim_verify(&c.tgt).await? else {
             c.tgt.batch("ROLLBACK", "ending a transaction").await?;
             return Ok(Step::Idle);

@@ -333,7 +333,7 @@ pub(crate) async fn prepare_ahead(
 /// materializes, read in the transaction's snapshot; no row for any other
 /// hypertable.
 // language=PostgreSQL
-const CAGG_WATERMARK: &str = "\
+pub(crate) const CAGG_WATERMARK: &str = "\
 SELECT _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id)
 FROM _timescaledb_catalog.continuous_agg ca
 JOIN _timescaledb_catalog.hypertable h ON h.id = ca.mat_hypertable_id

@@ -299,7 +299,7 @@ impl ConnInfo {
                     stall: None,
                     ..self.clone()
                 },
-                pid,
+                pid: std::sync::Arc::new(std::sync::atomic::AtomicI32::new(pid)),
                 stall,
             });
         }
@@ -736,6 +736,25 @@ impl Db {
 
     /// Statements without parameters, in one simple-query round trip
     /// (with whatever was [`Db::defer`]red in front).
+    /// On a watched connection, read which server process serves the
+    /// transaction just begun (send it right after BEGIN, in the same
+    /// round trip), so that the stuck-server probe asks about the right
+    /// one behind a transaction-mode pooler. Nothing on other connections.
+    pub async fn note_session(&self) -> Result<()> {
+        let Some(w) = &self.watch else {
+            return Ok(());
+        };
+        let pid: i32 = self
+            .guard(
+                "reading the transaction's server process",
+                self.client.query_typed_one(BACKEND_PID, &[]),
+            )
+            .await?
+            .get(0);
+        w.set_pid(pid);
+        Ok(())
+    }
+
     pub async fn batch(&self, sql: &str, what: &str) -> Result<()> {
         let deferred =
             std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));

@@ -12,18 +12,28 @@
 //!   after another period;
 //! - waiting on its client (`ClientRead`/`ClientWrite`) while we wait on it,
 //!   idle, or gone: the network or a proxy between us lost the conversation;
-//! - no answer to the probe: the server is stuck or unreachable.
+//! - no answer to the probe's connection: the server is stuck or
+//!   unreachable;
+//! - connected, but no answer to its question within the period: a pooler
+//!   queueing it behind busy server connections, or a loaded server: keep
+//!   waiting and probe again.
 //!
 //! The last two fail the attempt with [`Error::Stalled`] (transient), so the
 //! task is retried on fresh connections instead of hanging.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::types::Type;
 
 use super::ConnInfo;
 use crate::error::{Error, Result, Side};
+
+/// How long an answer may take to arrive after the probe found the session
+/// no longer working on it.
+const GRACE: Duration = Duration::from_secs(2);
 
 /// What a probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +53,11 @@ SELECT state, wait_event_type, wait_event FROM pg_stat_activity WHERE pid = $1";
 pub(super) struct Watch {
     /// The same server, for the probe (not watched itself).
     pub conn: ConnInfo,
-    pub pid: i32,
+    /// The server process serving the connection's current transaction.
+    /// Behind a transaction-mode pooler each transaction may run in
+    /// another one, so it is read again as each transaction begins
+    /// ([`super::Db::note_session`]).
+    pub pid: Arc<AtomicI32>,
     pub stall: Duration,
 }
 
@@ -62,8 +76,19 @@ impl Watch {
                 return Ok(r);
             }
             // Boxed: the probe's connect is a large future, and every
-            // watched wait would otherwise carry it.
-            if let Liveness::Stuck(why) = Box::pin(self.probe()).await {
+            // watched wait would otherwise carry it. The answer may still
+            // arrive while the probe runs.
+            let liveness = tokio::select! {
+                r = &mut f => return Ok(r),
+                l = Box::pin(self.probe()) => l,
+            };
+            if let Liveness::Stuck(why) = liveness {
+                // An idle session may just have sent its answer (the probe
+                // can wait behind a pooler's busy connections while the
+                // operation ends): give it a moment to arrive.
+                if let Ok(r) = tokio::time::timeout(self.stall.min(GRACE), &mut f).await {
+                    return Ok(r);
+                }
                 return Err(Error::Stalled {
                     side,
                     context: what.to_string(),
@@ -71,26 +96,50 @@ impl Watch {
                     why,
                 });
             }
-            tracing::debug!(%side, pid = self.pid, what, "the server is still working on it");
+            tracing::debug!(%side, pid = self.pid(), what, "the server is still working on it");
         }
     }
 
+    pub fn pid(&self) -> i32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+
+    pub fn set_pid(&self, pid: i32) {
+        self.pid.store(pid, Ordering::Relaxed)
+    }
+
     async fn probe(&self) -> Liveness {
-        let check = async {
-            // A plain connection (no session set-up) for one catalog query.
-            let (client, connection) = self.conn.open().await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            // Unnamed, typed: works through a transaction-mode pooler too.
-            client
-                .query_typed_opt(SESSION_STATE, &[(&self.pid, Type::INT4)])
-                .await
-                .map_err(|e| Error::db(self.conn.side, "checking a busy session", e))
+        // A plain connection (no session set-up) for one catalog query.
+        let client = match tokio::time::timeout(self.stall, self.conn.open()).await {
+            Err(_) => {
+                return Liveness::Stuck("the server does not answer a new connection either".into())
+            }
+            Ok(Err(e)) => return Liveness::Stuck(format!("the server cannot be reached: {e}")),
+            Ok(Ok((client, connection))) => {
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                client
+            }
         };
-        match tokio::time::timeout(self.stall, check).await {
-            Err(_) => Liveness::Stuck("the server does not answer a new connection either".into()),
-            Ok(Err(e)) => Liveness::Stuck(format!("the server cannot be asked: {e}")),
+        // Unnamed, typed: works through a transaction-mode pooler too.
+        let pid = self.pid();
+        let params = [(
+            &pid as &(dyn tokio_postgres::types::ToSql + Sync),
+            Type::INT4,
+        )];
+        let asked = client.query_typed_opt(SESSION_STATE, &params);
+        match tokio::time::timeout(self.stall, asked).await {
+            // Connected, but the question waits: a pooler whose server
+            // connections are all busy (with our own long COPYs, say) holds
+            // it in its queue, or the server is loaded. Not a verdict: wait
+            // another period and ask again. (A pooler whose server is gone
+            // ends the wait with an error of its own.)
+            Err(_) => Liveness::Working,
+            Ok(Err(e)) => Liveness::Stuck(format!(
+                "the server cannot be asked: {}",
+                Error::db(self.conn.side, "checking a busy session", e)
+            )),
             Ok(Ok(None)) => Liveness::Stuck("its server session is gone".into()),
             Ok(Ok(Some(row))) => judge(
                 row.get::<_, Option<String>>(0).as_deref(),

@@ -681,6 +681,28 @@ pub struct LeftBehind {
     pub filter_name: String,
 }
 
+impl LeftBehind {
+    /// One row of a query whose columns are: schema, table, cagg view
+    /// schema, cagg view name (both NULL for a plain hypertable), time
+    /// type, chunk count, filter name. Both the source's inventory and the
+    /// queue's left-behind listing return that shape.
+    pub fn from_row(r: &tokio_postgres::Row) -> Self {
+        LeftBehind {
+            hypertable: QualifiedName::from_row(r, 0),
+            continuous_aggregate: match (
+                r.get::<_, Option<String>>(2),
+                r.get::<_, Option<String>>(3),
+            ) {
+                (Some(s), Some(n)) => Some(QualifiedName::new(s, n)),
+                _ => None,
+            },
+            time_type: r.get(4),
+            chunks: r.get(5),
+            filter_name: r.get(6),
+        }
+    }
+}
+
 /// Record the source's hypertables; `staged` marks those this stage selected.
 pub async fn record_source_hypertables(
     db: &Db,
@@ -716,22 +738,7 @@ pub async fn left_behind(db: &Db) -> Result<Vec<LeftBehind>> {
     let rows = db
         .query(sql::LEFT_BEHIND, &[], "reading hypertables left behind")
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| LeftBehind {
-            hypertable: QualifiedName::from_row(r, 0),
-            continuous_aggregate: match (
-                r.get::<_, Option<String>>(2),
-                r.get::<_, Option<String>>(3),
-            ) {
-                (Some(s), Some(n)) => Some(QualifiedName::new(s, n)),
-                _ => None,
-            },
-            time_type: r.get(4),
-            chunks: r.get(5),
-            filter_name: r.get(6),
-        })
-        .collect())
+    Ok(rows.iter().map(LeftBehind::from_row).collect())
 }
 
 /// Chunks copied another way than staged, with the reason.

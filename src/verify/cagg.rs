@@ -27,7 +27,7 @@ pub enum ViewOutcome {
 /// time column of the aggregate's materialization hypertable, which the view
 /// shows under the same name.
 // language=PostgreSQL
-const BUCKET_COLUMN: &str = "\
+pub(crate) const BUCKET_COLUMN: &str = "\
 SELECT d.column_name::text
 FROM _timescaledb_catalog.continuous_agg ca
 JOIN _timescaledb_catalog.dimension d

@@ -57,14 +57,8 @@ async fn fingerprint(c: &tokio_postgres::Client, rel: &str) -> (i64, String) {
 const HOURLY: &str = "(SELECT bucket, device, round(avg_v::numeric, 9) AS avg_v, n FROM hourly WHERE bucket < '2024-01-09')";
 const DAILY: &str = "(SELECT * FROM daily WHERE day < '2024-01-09')";
 
-#[tokio::test]
-async fn refresh_caggs_fills_every_bucket_between_t_and_the_source_watermark() {
-    let Some(db) = Dbs::licensed("cagg_to_last_bucket").await else {
-        return;
-    };
-    // The source holds everything and has materialized up to Jan 9; the
-    // target is restored from its dump (watermarks and all), then receives
-    // the dual-written rows from T on.
+/// The source: the schema, every row, both aggregates materialized up to Jan 9.
+async fn source_materialized_to_jan_9(db: &Dbs) {
     db.src.batch_execute(SCHEMA).await.unwrap();
     each(
         &db.src,
@@ -75,17 +69,79 @@ async fn refresh_caggs_fills_every_bucket_between_t_and_the_source_watermark() {
         ],
     )
     .await;
-    db.restore_schema_with_pg_dump().await.unwrap();
+}
+
+/// The dual-written rows (from T on) land on the target; then stage --until
+/// T, copy and refresh-caggs, whose run is returned.
+async fn dual_writes_then_stage_copy_refresh(db: &Dbs) -> crate::harness::Run {
     db.tgt
         .batch_execute(&rows(&format!("t >= '{T}'")))
         .await
         .unwrap();
-
     db.stage(&["--until", T]).await.assert_ok();
     db.copy(&[]).await.assert_ok();
-    let r = db
-        .run(&["refresh-caggs", "--source", "{S}", "--target", "{T}"])
-        .await;
+    db.run(&["refresh-caggs", "--source", "{S}", "--target", "{T}"])
+        .await
+}
+
+/// Retention on the source dropped the oldest raw chunks, while the
+/// aggregates keep their buckets; the target's schema was made by hand
+/// (aggregates WITH NO DATA: the lowest watermark). refresh-caggs must keep
+/// the copied buckets, not recompute them from raw rows the target never got.
+#[tokio::test]
+async fn refresh_caggs_keeps_copied_buckets_whose_raw_rows_retention_dropped() {
+    let Some(db) = Dbs::licensed("cagg_retention").await else {
+        return;
+    };
+    source_materialized_to_jan_9(&db).await;
+    each(
+        &db.src,
+        &["SELECT count(*) FROM drop_chunks('raw', older_than => '2024-01-03'::timestamptz)"],
+    )
+    .await;
+    assert_eq!(
+        db.src_i64("SELECT count(*) FROM raw WHERE time < '2024-01-03'")
+            .await,
+        0,
+        "retention dropped the oldest raw rows"
+    );
+    db.tgt.batch_execute(SCHEMA).await.unwrap();
+    let r = dual_writes_then_stage_copy_refresh(&db).await;
+    r.assert_ok();
+    assert_eq!(
+        db.tgt_i64("SELECT count(*) FROM hourly WHERE bucket < '2024-01-03'")
+            .await,
+        2 * 24 * 3,
+        "the hourly buckets of the dropped raw chunks"
+    );
+    r.assert_contains(&format!(
+        "Refreshing continuous aggregate \"public\".\"hourly\" in range [{T}, 2024-01-09 00:00:00+00)"
+    ));
+    assert_eq!(
+        fingerprint(&db.src, HOURLY).await,
+        fingerprint(&db.tgt, HOURLY).await,
+        "hourly differs"
+    );
+    assert_eq!(
+        fingerprint(&db.src, DAILY).await,
+        fingerprint(&db.tgt, DAILY).await,
+        "daily differs"
+    );
+    db.verify(&[]).await.assert_ok();
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn refresh_caggs_fills_every_bucket_between_t_and_the_source_watermark() {
+    let Some(db) = Dbs::licensed("cagg_to_last_bucket").await else {
+        return;
+    };
+    // The source holds everything and has materialized up to Jan 9; the
+    // target is restored from its dump (watermarks and all), then receives
+    // the dual-written rows from T on.
+    source_materialized_to_jan_9(&db).await;
+    db.restore_schema_with_pg_dump().await.unwrap();
+    let r = dual_writes_then_stage_copy_refresh(&db).await;
     r.assert_ok()
         .assert_contains(&format!(
             "Refreshing continuous aggregate \"public\".\"hourly\" in range [{T}, 2024-01-09 00:00:00+00)"

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::harness::spawned::{copy_command, Started};
 use crate::harness::{bin, Dbs, Run};
 
 /// A TCP server that accepts every connection and never writes a byte (nor
@@ -296,15 +297,7 @@ async fn copy_waits_for_a_server_that_is_busy_longer_than_the_stall_timeout() {
     };
     // Each chunk's COPY spends 5 s in the server (a slow CHECK constraint; user triggers do not fire on copied rows): longer
     // than --stall-timeout, but the server is working, so nothing fails.
-    db.tgt
-        .batch_execute(
-            "CREATE FUNCTION slow(d int, t timestamptz) RETURNS bool LANGUAGE plpgsql AS $$
-             BEGIN IF d = 1 AND extract(hour FROM t) = 12 AND extract(minute FROM t) = 0
-                   THEN PERFORM pg_sleep(5); END IF; RETURN true; END $$;
-             ALTER TABLE readings ADD CONSTRAINT slow CHECK (slow(device, time));",
-        )
-        .await
-        .unwrap();
+    db.slow_target_readings(12, 5.0).await;
     let r = db.copy(&["-p", "2", "--stall-timeout", "2"]).await;
     r.assert_ok();
     assert!(!r.all().contains("Retrying"), "{}", r.all());
@@ -447,15 +440,7 @@ async fn copy_is_not_interrupted_by_server_timeouts_and_check_reports_them() {
         .await
         .unwrap();
     // Slow every insert down so that each COPY takes longer than 50 ms.
-    db.tgt
-        .batch_execute(
-            "CREATE FUNCTION slow(d int, t timestamptz) RETURNS bool LANGUAGE plpgsql AS $$
-             BEGIN IF d = 1 AND extract(minute FROM t) = 0 AND extract(hour FROM t) = 0
-                   THEN PERFORM pg_sleep(0.2); END IF; RETURN true; END $$;
-             ALTER TABLE readings ADD CONSTRAINT slow CHECK (slow(device, time));",
-        )
-        .await
-        .unwrap();
+    db.slow_target_readings(0, 0.2).await;
     let r = db
         .run(&["check", "--source", "{S}", "--target", "{T}"])
         .await;
@@ -510,34 +495,11 @@ async fn copy_started(
     tokio::task::JoinHandle<String>,
     tokio::task::JoinHandle<String>,
 ) {
-    let mut child = bin()
-        .args([
-            "copy",
-            "--source",
-            &db.source_url,
-            "--target",
-            &db.target_url,
-            "-p",
-            "2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut out = String::new();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-            .await
-            .expect("no chunk copied in time")
-            .expect("read")
-            .expect("copy exited before copying a chunk");
-        out.push_str(&line);
-        out.push('\n');
-        if line.contains("Copied chunk") {
-            break;
-        }
-    }
+    let Started {
+        mut child,
+        mut lines,
+        mut out,
+    } = Started::first_chunk(copy_command(db, "2"), 120).await;
     let stdout = tokio::spawn(async move {
         while let Ok(Some(l)) = lines.next_line().await {
             out.push_str(&l);
@@ -562,15 +524,7 @@ async fn ctrl_c_says_what_it_does_and_the_summary_says_what_happened() {
     };
     // Each chunk's copy takes at least a second on the target, so that
     // chunks are in flight when the signals arrive.
-    db.tgt
-        .batch_execute(
-            "CREATE FUNCTION slow(d int, t timestamptz) RETURNS bool LANGUAGE plpgsql AS $$
-             BEGIN IF d = 1 AND extract(hour FROM t) = 12 AND extract(minute FROM t) = 0
-                   THEN PERFORM pg_sleep(1); END IF; RETURN true; END $$;
-             ALTER TABLE readings ADD CONSTRAINT slow CHECK (slow(device, time));",
-        )
-        .await
-        .unwrap();
+    db.slow_target_readings(12, 1.0).await;
     // One press: in-flight chunks finish.
     let (mut child, stdout, stderr) = copy_started(&db).await;
     let (code, _) = signal_and_wait(&mut child, &["INT"], Duration::ZERO).await;

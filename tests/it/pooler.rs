@@ -46,7 +46,9 @@ async fn through_pooler(name: &str, pool_mode: &str) {
         db_owned.cleanup().await;
         return;
     };
-    let licensed = db.require_license().await;
+    let licensed = db
+        .require_license_for("the compressed half of the chunks")
+        .await;
     db.both(SCHEMA).await.expect("schema");
     if licensed {
         db.both(COMPRESSION).await.expect("compression settings");
@@ -128,4 +130,68 @@ async fn pooler_transaction_mode_target_stage_copy_verify() {
 #[tokio::test]
 async fn pooler_session_mode_target_stage_copy_verify() {
     through_pooler("pooler_session", "session").await;
+}
+
+/// Each chunk's COPY takes 3 s on the target, longer than --stall-timeout
+/// 1 s: the stuck-server probe must ask about the server process of the
+/// transaction the COPY runs in, which a transaction-mode pooler may have
+/// moved to another one than the connection started on, and find it working.
+#[tokio::test]
+async fn pooler_transaction_mode_long_copies_are_not_taken_for_stalls() {
+    let name = "pooler_stall";
+    let Some(db) = Dbs::new(name).await else {
+        return;
+    };
+    let Some(bouncer) = PgBouncer::start(name, &db.target_url, "transaction") else {
+        db.cleanup().await;
+        return;
+    };
+    db.both(SCHEMA).await.expect("schema");
+    db.src.batch_execute(DATA).await.expect("data");
+    db.tgt
+        .batch_execute(
+            "CREATE FUNCTION slow(d int, t timestamptz) RETURNS bool LANGUAGE plpgsql AS $$
+             BEGIN IF d = 1 AND extract(hour FROM t) = 12 AND extract(minute FROM t) = 0
+                   THEN PERFORM pg_sleep(3); END IF; RETURN true; END $$;
+             ALTER TABLE pm ADD CONSTRAINT slow CHECK (slow(device, time));",
+        )
+        .await
+        .expect("a slow CHECK constraint");
+    let pooled = bouncer.url(&format!("hf_{name}_t"));
+    let src = db.source_url.clone();
+    db.run(&[
+        "stage",
+        "--source",
+        &src,
+        "--target",
+        &pooled,
+        "--until",
+        "2024-03-05",
+    ])
+    .await
+    .assert_ok()
+    .assert_contains("Staged 4 chunk(s)");
+    let r = db
+        .run(&[
+            "copy",
+            "--source",
+            &src,
+            "--target",
+            &pooled,
+            "-p",
+            "3",
+            "--stall-timeout",
+            "1",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{}\npgbouncer log:\n{}", r.all(), bouncer.log());
+    assert!(!r.all().contains("Retrying"), "{}", r.all());
+    assert_eq!(db.queue_states().await, "done:4");
+    assert_eq!(
+        db.tgt_i64("SELECT count(*) FROM pm").await,
+        db.src_i64("SELECT count(*) FROM pm WHERE time < '2024-03-05'")
+            .await
+    );
+    drop(bouncer);
+    db.cleanup().await;
 }

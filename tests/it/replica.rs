@@ -56,6 +56,26 @@ async fn wait_for(
     }
 }
 
+/// A primary and its hot standby with database `hf`: `schema` run on the
+/// primary and on the target, then `data` on the primary, replayed on the
+/// standby. None (the test returns, the skip said) when no pair can start.
+async fn replica_with(
+    db: &Dbs,
+    replica_conf: &[&str],
+    schema: &str,
+    data: &[&str],
+) -> Option<(ReplicaPair, tokio_postgres::Client, tokio_postgres::Client)> {
+    let pair = ReplicaPair::start(db, replica_conf).await?;
+    let (primary, replica) = pair.create_db("hf").await.unwrap();
+    primary.batch_execute(schema).await.unwrap();
+    for sql in data {
+        primary.batch_execute(sql).await.unwrap();
+    }
+    db.tgt.batch_execute(schema).await.unwrap();
+    pair.catch_up().await.unwrap();
+    Some((pair, primary, replica))
+}
+
 /// Recovery conflicts the replica has had in database `hf` (all kinds).
 const CONFLICTS: &str =
     "SELECT confl_tablespace + confl_lock + confl_snapshot + confl_bufferpin + confl_deadlock \
@@ -66,15 +86,11 @@ async fn replica_as_source_stage_copy_verify_and_check_report_the_standby() {
     let Some(db) = Dbs::new("replica_source").await else {
         return;
     };
-    let Some(pair) = ReplicaPair::start(&db, &[]).await else {
+    let Some((pair, primary, replica)) = replica_with(&db, &[], METRICS, &[METRICS_DATA]).await
+    else {
         db.cleanup().await;
         return;
     };
-    let (primary, replica) = pair.create_db("hf").await.unwrap();
-    primary.batch_execute(METRICS).await.unwrap();
-    primary.batch_execute(METRICS_DATA).await.unwrap();
-    db.tgt.batch_execute(METRICS).await.unwrap();
-    pair.catch_up().await.unwrap();
     let in_recovery: bool = replica
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await
@@ -115,11 +131,28 @@ async fn replica_as_source_stage_copy_verify_and_check_report_the_standby() {
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("check's JSON");
     assert!(v["result"]["source_standby"].is_null(), "{v}");
 
-    // stage, copy, verify, all reading from the replica.
-    run(&db, "stage", &src, &["--until", "2024-01-20"])
-        .await
-        .assert_ok()
-        .assert_contains("Staged 20 chunk(s)");
+    // A --until after the standby's last replayed commit: stage warns that
+    // the standby may not hold every row below it (a dry run: no change).
+    let r = run(&db, "stage", &src, &["--until", "2999-01-01", "--dry-run"]).await;
+    r.assert_ok()
+        .assert_contains("Warning: source: the source is a hot standby, and the last transaction it replayed committed on the primary at ")
+        .assert_contains("before --until 2999-01-01");
+    // The same against the primary: no such warning.
+    let r = run(
+        &db,
+        "stage",
+        &pair.primary_url("hf"),
+        &["--until", "2999-01-01", "--dry-run"],
+    )
+    .await;
+    r.assert_ok();
+    assert!(!r.all().contains("hot standby"), "{}", r.all());
+
+    // stage, copy, verify, all reading from the replica (replayed well past
+    // --until: no warning).
+    let r = run(&db, "stage", &src, &["--until", "2024-01-20"]).await;
+    r.assert_ok().assert_contains("Staged 20 chunk(s)");
+    assert!(!r.all().contains("hot standby"), "{}", r.all());
     run(&db, "copy", &src, &[]).await.assert_ok();
     assert_eq!(db.queue_states().await, "done:20");
     run(&db, "verify", &src, &[])
@@ -139,15 +172,11 @@ async fn replica_snapshot_exported_on_the_replica_is_read_by_stage_and_copy() {
     let Some(db) = Dbs::new("replica_snapshot").await else {
         return;
     };
-    let Some(pair) = ReplicaPair::start(&db, &[]).await else {
+    let Some((pair, primary, replica)) = replica_with(&db, &[], METRICS, &[METRICS_DATA]).await
+    else {
         db.cleanup().await;
         return;
     };
-    let (primary, replica) = pair.create_db("hf").await.unwrap();
-    primary.batch_execute(METRICS).await.unwrap();
-    primary.batch_execute(METRICS_DATA).await.unwrap();
-    db.tgt.batch_execute(METRICS).await.unwrap();
-    pair.catch_up().await.unwrap();
     // pg_export_snapshot() on the standby, its transaction kept open.
     let holder = harness::connect(&pair.replica_url("hf")).await.unwrap();
     holder
@@ -206,16 +235,11 @@ async fn replica_compressed_chunks_are_copied_from_a_hot_standby() {
     let Some(db) = Dbs::licensed("replica_compressed").await else {
         return;
     };
-    let Some(pair) = ReplicaPair::start(&db, &[]).await else {
+    let Some((pair, primary, replica)) = replica_with(&db, &[], SCHEMA, &[DATA, COMPRESS]).await
+    else {
         db.cleanup().await;
         return;
     };
-    let (primary, replica) = pair.create_db("hf").await.unwrap();
-    primary.batch_execute(SCHEMA).await.unwrap();
-    primary.batch_execute(DATA).await.unwrap();
-    primary.batch_execute(COMPRESS).await.unwrap();
-    db.tgt.batch_execute(SCHEMA).await.unwrap();
-    pair.catch_up().await.unwrap();
     let src = pair.replica_url("hf");
     run(&db, "stage", &src, &["--until", "2024-01-10"])
         .await
@@ -254,23 +278,20 @@ async fn replica_recovery_conflicts_are_retried_and_explained() {
         return;
     };
     // A standby that cancels any read in the way of replay at once.
-    let Some(pair) = ReplicaPair::start(
+    let Some((pair, primary, replica)) = replica_with(
         &db,
         &[
             "hot_standby_feedback = off",
             "max_standby_streaming_delay = 0",
         ],
+        BIG,
+        &[BIG_DATA],
     )
     .await
     else {
         db.cleanup().await;
         return;
     };
-    let (primary, replica) = pair.create_db("hf").await.unwrap();
-    primary.batch_execute(BIG).await.unwrap();
-    primary.batch_execute(BIG_DATA).await.unwrap();
-    db.tgt.batch_execute(BIG).await.unwrap();
-    pair.catch_up().await.unwrap();
     let src = pair.replica_url("hf");
     let stats = harness::connect(&pair.replica_url("postgres"))
         .await

@@ -1,12 +1,10 @@
 //! Interruptions and concurrency: kill -9, ctrl-c, two copy processes at once.
 //! After each, no row is lost or duplicated.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-use crate::harness::{bin, Dbs};
+use crate::harness::spawned::{copy_command, Started};
+use crate::harness::Dbs;
 
 const BIG: &str = "
 CREATE TABLE readings (time timestamptz NOT NULL, device int NOT NULL, v float8, note text);
@@ -31,52 +29,11 @@ async fn big(name: &str) -> Option<Dbs> {
     Some(db)
 }
 
-/// Wait until the target has no hyperfill connection left (the server has
-/// noticed that a killed client is gone and rolled its transaction back).
-async fn wait_for_hyperfill_sessions_to_end(db: &Dbs) {
-    for _ in 0..100 {
-        let n = db
-            .tgt_i64("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hyperfill' AND datname = current_database()")
-            .await;
-        if n == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("hyperfill sessions did not end on the target");
-}
-
 /// Start `copy` and return the child once it has printed its first copied chunk.
 async fn copy_until_first_chunk(db: &Dbs) -> tokio::process::Child {
-    let mut child = bin()
-        .args([
-            "copy",
-            "--source",
-            &db.source_url,
-            "--target",
-            &db.target_url,
-            "-p",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-            .await
-            .expect("no chunk copied in time")
-            .expect("read")
-            .expect("copy exited before copying a chunk");
-        if line.contains("Copied chunk") {
-            break;
-        }
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
+    Started::first_chunk(copy_command(db, "1"), 120)
+        .await
+        .drain()
 }
 
 async fn assert_target_equals_source(db: &Dbs) {
@@ -105,7 +62,7 @@ async fn copy_killed_with_sigkill_then_rerun_loses_and_duplicates_nothing() {
     child.start_kill().expect("SIGKILL");
     let status = child.wait().await.expect("wait");
     assert!(!status.success());
-    wait_for_hyperfill_sessions_to_end(&db).await;
+    db.wait_for_no_hyperfill_sessions().await;
 
     let done = db
         .tgt_i64("SELECT count(*) FROM __hyperfill.task WHERE state = 'done'")
@@ -147,7 +104,7 @@ async fn copy_interrupted_with_ctrl_c_finishes_in_flight_chunk_and_exits_130() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("Stopping"));
-    wait_for_hyperfill_sessions_to_end(&db).await;
+    db.wait_for_no_hyperfill_sessions().await;
     assert_target_matches_done_tasks(&db).await;
     let pending = db
         .tgt_i64("SELECT count(*) FROM __hyperfill.task WHERE state = 'pending'")

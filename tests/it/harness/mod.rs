@@ -15,6 +15,7 @@ use std::time::Duration;
 
 pub mod pooler;
 pub mod replica;
+pub mod spawned;
 
 use tokio_postgres::{Client, NoTls};
 
@@ -181,9 +182,24 @@ impl Dbs {
     }
 
     /// Whether both servers carry the Timescale (community) license, needed
-    /// for compression and continuous aggregates. Prints loudly when not, and
-    /// fails when `HYPERFILL_REQUIRE_LICENSED=1`.
+    /// for compression and continuous aggregates. Prints loudly when not
+    /// (the whole test is skipped), and fails when
+    /// `HYPERFILL_REQUIRE_LICENSED=1`.
     pub async fn require_license(&self) -> bool {
+        self.license_or_skip("needs timescaledb.license = timescale".into())
+            .await
+    }
+
+    /// [`Dbs::require_license`] for a test whose licensed `part` only is
+    /// skipped without the license (the rest runs).
+    pub async fn require_license_for(&self, part: &str) -> bool {
+        self.license_or_skip(format!(
+            "PARTLY SKIPPED (the rest ran): {part} needs timescaledb.license = timescale"
+        ))
+        .await
+    }
+
+    async fn license_or_skip(&self, reason: String) -> bool {
         let license: String = self
             .src
             .query_one("SELECT current_setting('timescaledb.license')", &[])
@@ -195,13 +211,13 @@ impl Dbs {
         }
         if env_flag("HYPERFILL_REQUIRE_LICENSED") {
             panic!(
-                "{}: needs timescaledb.license = timescale, the server has '{license}' (HYPERFILL_REQUIRE_LICENSED=1)",
+                "{}: {reason}, the server has '{license}' (HYPERFILL_REQUIRE_LICENSED=1)",
                 self.name
             );
         }
-        record_skip(&self.name, "needs timescaledb.license = timescale");
+        record_skip(&self.name, &reason);
         eprintln!(
-            "\n*** SKIPPED {}: needs a TimescaleDB with the Timescale license (compression, continuous aggregates); this server has '{license}'. Set HYPERFILL_REQUIRE_LICENSED=1 to make this a failure. ***\n",
+            "\n*** SKIPPED {}: {reason} (compression, continuous aggregates); this server has '{license}'. Set HYPERFILL_REQUIRE_LICENSED=1 to make this a failure. ***\n",
             self.name
         );
         false
