@@ -87,6 +87,9 @@ def parse_args(argv):
     ap.add_argument("--keep-targets", action="store_true",
                     help="keep the target databases at the end (dropped by default; the sources stay cached)")
     ap.add_argument("--no-profile", action="store_true", help="skip the statement-log profile of many-small")
+    ap.add_argument("--no-raw", action="store_true",
+                    help="skip the raw psql pipes (and their start-up samples): only the tools are measured, "
+                         "e.g. for an A/B of two builds with --compare-bin")
     ap.add_argument("--wan-rtt", metavar="MS,...",
                     help="also run the WAN scenario: hyperfill copy with the source behind a delaying proxy "
                          "at these round-trip times (e.g. 0,25,50,100), against the direct copy")
@@ -208,7 +211,7 @@ def main(argv):
         "git_dirty": bool(git("status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock", "migrations")),
         "scale": args.scale, "repeat": args.repeat, "parallelism": plist, "scenarios": scenarios,
         "small_chunks_per_day": args.small_chunks_per_day, "huge_factor": args.huge_factor,
-        "reprepare": args.reprepare, "wan_rtt": args.wan_rtt, "wan_parallelism": args.wan_parallelism,
+        "reprepare": args.reprepare, "no_raw": args.no_raw, "wan_rtt": args.wan_rtt, "wan_parallelism": args.wan_parallelism,
         "cpus": os.cpu_count(), "sslmode": args.sslmode, "psql_tls": psql_tls,
         "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
     }
@@ -233,7 +236,7 @@ def main(argv):
             for rep in range(1, args.repeat + 1) if args.wan_rtt else ():
                 run_wan(runner, args, sc, src_db, tgt_db, f, results, rep)
             for rep in range(1, args.repeat + 1) if not args.wan_only else ():
-                for p in plist:
+                for p in plist if not args.no_raw else ():
                     runner.measure_startup(sc, src_db, tgt_db, p)
                 for p in plist:
                     tools = [("hyperfill", args.hyperfill_bin)]
@@ -247,6 +250,8 @@ def main(argv):
                         log(f"{sc} {tool:9s} P={p}: {r['wall_s']:.2f}s wall, {r['client_cpu_s']:.2f}s CPU, "
                             f"{r['client_rss_kib'] / 1024:.1f} MiB peak RSS (stage {r['stage_s']:.2f}s)"
                             f"{noise_note(r)}")
+                    if args.no_raw:
+                        continue
                     if args.reprepare == "restore":
                         prepare_target(src, tgt, src_db, tgt_db, workdir)
                     r = runner.raw_run(sc, src_db, tgt_db, f["raw_relations"], p, rep)

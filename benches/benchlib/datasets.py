@@ -210,33 +210,81 @@ def ensure_dataset(src, scenario, scale, small_per_day, huge_factor, rebuild):
     return db, took
 
 
-# Source: the relations a raw copy moves, largest first: every chunk whose
-# rows are in its own heap (uncompressed, or partially compressed), and the
-# compressed chunk tables (chunks of the internal compressed hypertables).
-RAW_RELATIONS_SQL = """
-SELECT format('%I.%I', c.schema_name, c.table_name),
-       pg_table_size(format('%I.%I', c.schema_name, c.table_name)::regclass),
-       pg_total_relation_size(format('%I.%I', c.schema_name, c.table_name)::regclass),
-       h.compression_state = 2
+# The chunk catalog differs between TimescaleDB releases (2.26 dropped
+# `chunk.dropped`, 2.29 keys `chunk` by relid and keeps a compressed chunk's
+# data in a standalone relation found through `compression_settings`), so
+# the benchmark lists chunks through the stable `timescaledb_information.chunks`
+# view and differs in one place only: how a chunk's compressed relation is
+# found (CHUNK_COMPRESSED_SQL, chosen by whether `chunk.compressed_chunk_id`
+# exists).  Both give (chunk regclass, compressed relation regclass) for
+# every compressed chunk of a user hypertable.
+CHUNKS_SQL = """
+SELECT format('%I.%I', chunk_schema, chunk_name)::regclass AS chunk, is_compressed
+FROM timescaledb_information.chunks
+"""
+
+CHUNK_COMPRESSED_SQL = {
+    # 2.16 - 2.28: the compressed data is a chunk of the internal compressed hypertable
+    "compressed_chunk_id": """
+SELECT format('%I.%I', c.schema_name, c.table_name)::regclass AS chunk,
+       format('%I.%I', cc.schema_name, cc.table_name)::regclass AS compressed
 FROM _timescaledb_catalog.chunk c
-JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
-WHERE NOT c.dropped
-  AND NOT (c.compressed_chunk_id IS NOT NULL AND c.status & 8 = 0)
+JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id
+JOIN timescaledb_information.chunks i ON i.chunk_schema = c.schema_name AND i.chunk_name = c.table_name
+""",
+    # 2.29+: a standalone relation, named in the chunk's compression settings
+    "compression_settings": """
+SELECT s.relid AS chunk, s.compress_relid AS compressed
+FROM _timescaledb_catalog.compression_settings s
+JOIN timescaledb_information.chunks i
+  ON format('%I.%I', i.chunk_schema, i.chunk_name)::regclass = s.relid
+WHERE s.compress_relid IS NOT NULL
+""",
+}
+
+
+def compressed_sql(server, db):
+    """CHUNK_COMPRESSED_SQL for this database's TimescaleDB release."""
+    has_id = server.value(db, """
+        SELECT EXISTS (SELECT FROM pg_attribute
+                       WHERE attrelid = '_timescaledb_catalog.chunk'::regclass
+                         AND attname = 'compressed_chunk_id' AND NOT attisdropped)""")
+    return CHUNK_COMPRESSED_SQL["compressed_chunk_id" if has_id == "t" else "compression_settings"]
+
+
+def all_chunk_relations_sql(server, db):
+    """Every chunk of a user hypertable and every compressed chunk relation
+    (one column, regclass): what a reset of the target empties."""
+    return f"""
+SELECT chunk FROM ({CHUNKS_SQL}) ch
+UNION ALL
+SELECT compressed FROM ({compressed_sql(server, db)}) cz
+"""
+
+
+def raw_relations_sql(server, db):
+    """The relations a raw copy moves, largest first: every chunk whose rows
+    are in its own heap (uncompressed, or partially compressed: a compressed
+    chunk's heap is empty otherwise), and the compressed relations."""
+    return f"""
+SELECT rel::text, pg_table_size(rel), pg_total_relation_size(rel), is_comp
+FROM (
+    SELECT chunk AS rel, false AS is_comp FROM ({CHUNKS_SQL}) ch
+    WHERE NOT is_compressed OR pg_relation_size(chunk) > 0
+    UNION ALL
+    SELECT compressed, true FROM ({compressed_sql(server, db)}) cz
+) r
 ORDER BY 2 DESC, 1
 """
+
 
 HYPERTABLES = ["metrics", "events", "ticks"]
 
 
 def dataset_facts(src, db):
-    rels = src.rows(db, RAW_RELATIONS_SQL)
-    chunks = int(src.value(db, """
-        SELECT count(*) FROM _timescaledb_catalog.chunk c
-        JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id
-        WHERE NOT c.dropped AND h.compression_state <> 2"""))
-    compressed = int(src.value(db, """
-        SELECT count(*) FROM _timescaledb_catalog.chunk
-        WHERE NOT dropped AND compressed_chunk_id IS NOT NULL"""))
+    rels = src.rows(db, raw_relations_sql(src, db))
+    chunks = int(src.value(db, f"SELECT count(*) FROM ({CHUNKS_SQL}) ch"))
+    compressed = int(src.value(db, f"SELECT count(*) FROM ({compressed_sql(src, db)}) cz"))
     counts = row_counts(src, db)
     return {
         "chunks": chunks,

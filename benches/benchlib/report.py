@@ -34,17 +34,22 @@ def summarise(results, facts, startup, scenarios, plist, others):
             def runs(tool):
                 return [r for r in results if r["scenario"] == sc and r["tool"] == tool and r["p"] == p]
             hf, raw = best(runs("hyperfill")), best(runs("raw"))
-            if not hf or not raw:
+            if not hf:
                 continue
+            if not raw:
+                # --no-raw: the raw columns stay empty
+                raw = {k: None for k in ("wall_s", "client_cpu_s", "source_server_cpu_s",
+                                         "target_server_cpu_s", "other_cpu_s")}
             f = facts[sc]
             row = {"scenario": sc, "p": p, "repeats": len(runs("hyperfill"))}
             row["hf_s"] = hf["wall_s"]
             row["raw_s"] = raw["wall_s"]
-            net = raw["wall_s"] - f["raw_relation_count"] * startup[sc][p]["wall_per_pipe_s"]
+            net = (None if raw["wall_s"] is None
+                   else raw["wall_s"] - f["raw_relation_count"] * startup[sc][p]["wall_per_pipe_s"])
             # When start-up is nearly all of the raw time, the difference is noise.
-            row["raw_net_s"] = net if net >= 0.1 * raw["wall_s"] else None
+            row["raw_net_s"] = net if net is not None and net >= 0.1 * raw["wall_s"] else None
             row["ratio_net"] = None if row["raw_net_s"] is None else row["raw_net_s"] / row["hf_s"]
-            row["ratio_gross"] = row["raw_s"] / row["hf_s"]
+            row["ratio_gross"] = None if row["raw_s"] is None else row["raw_s"] / row["hf_s"]
             row["bytes"] = hf["bytes_copied"]
             row["copy_rows"] = hf["rows_copied"]
             row["rows"] = sum(f["rows"].values())
@@ -66,7 +71,7 @@ def summarise(results, facts, startup, scenarios, plist, others):
             # plus both servers, the least over the repeats.
             row["hf_total_cpu_s"] = least_total_cpu(runs("hyperfill"))
             raw_cpu = least_total_cpu(runs("raw"))
-            per_pipe = startup[sc][p]["total_cpu_per_pipe_s"]
+            per_pipe = startup.get(sc, {}).get(p, {}).get("total_cpu_per_pipe_s")
             row["raw_total_cpu_s"] = raw_cpu
             row["raw_net_cpu_s"] = (None if raw_cpu is None or per_pipe is None
                                     else raw_cpu - f["raw_relation_count"] * per_pipe)
@@ -88,13 +93,13 @@ def summarise(results, facts, startup, scenarios, plist, others):
     by = {(r["scenario"], r["p"]): r for r in table}
     for p in plist:
         e, h, m = by.get(("even", p)), by.get(("one-huge", p)), by.get(("many-small", p))
-        if e and h:
+        if e and h and e["raw_s"] and h["raw_s"]:
             derived["one_huge_vs_even"].append({
                 "p": p, "hyperfill": h["hf_s"] / e["hf_s"], "raw": h["raw_s"] / e["raw_s"],
                 "raw_net": (h["raw_net_s"] / e["raw_net_s"]
                             if h["raw_net_s"] is not None and e["raw_net_s"] is not None else None),
                 **{t: h[f"{t}_s"] / e[f"{t}_s"] for t, _ in others if f"{t}_s" in h and f"{t}_s" in e}})
-        if e and m:
+        if e and m and e["raw_s"] and m["raw_s"]:
             dn = facts["many-small"]["chunks"] - facts["even"]["chunks"]
             dr = facts["many-small"]["raw_relation_count"] - facts["even"]["raw_relation_count"]
             derived["per_task_overhead"].append({

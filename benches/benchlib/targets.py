@@ -6,7 +6,7 @@ import subprocess
 import time
 
 from .common import die
-from .datasets import row_counts
+from .datasets import CHUNKS_SQL, all_chunk_relations_sql, row_counts
 
 
 def prepare_target(src, tgt, src_db, tgt_db, workdir):
@@ -40,23 +40,32 @@ def prepare_target(src, tgt, src_db, tgt_db, workdir):
     return time.monotonic() - t0
 
 
-# Target: empty every chunk (TimescaleDB adds a compressed chunk's compressed
-# table; it is listed anyway) and drop the queues.
-RESET_TARGET_SQL = """
+# Target: drop the queues, then empty every chunk and every compressed
+# chunk relation (listed by datasets.all_chunk_relations_sql).
+RESET_QUEUES_SQL = """
 DROP SCHEMA IF EXISTS __hyperfill CASCADE;
 DROP SCHEMA IF EXISTS __backfill CASCADE;
+"""
+
+# TRUNCATE leaves the uncompressed rows of a partially compressed chunk on
+# TimescaleDB 2.29 (it empties the compressed relation only), so those heaps
+# are emptied with a DELETE afterwards.
+RESET_TARGET_SQL = """
 DO $$
-DECLARE l text;
+DECLARE l text; c regclass;
 BEGIN
-    SELECT string_agg(format('%I.%I', schema_name, table_name), ', ') INTO l
-    FROM _timescaledb_catalog.chunk WHERE NOT dropped;
+    SELECT string_agg(rel::text, ', ') INTO l FROM ({relations}) r(rel);
     IF l IS NOT NULL THEN EXECUTE 'TRUNCATE ' || l; END IF;
+    FOR c IN SELECT chunk FROM ({chunks}) ch WHERE is_compressed LOOP
+        EXECUTE 'DELETE FROM ONLY ' || c::text;
+    END LOOP;
 END $$;
 """
 
 
 def reset_target(tgt, tgt_db):
-    tgt.psql(tgt_db, RESET_TARGET_SQL)
+    tgt.psql(tgt_db, RESET_QUEUES_SQL)
+    tgt.psql(tgt_db, RESET_TARGET_SQL.format(relations=all_chunk_relations_sql(tgt, tgt_db), chunks=CHUNKS_SQL))
     left = row_counts(tgt, tgt_db)
     if any(left.values()):
         die(f"target {tgt_db} still has rows after TRUNCATE: {left}")
