@@ -253,6 +253,9 @@ pub fn classify_sqlstate(code: &str) -> Kind {
         "58000" | "58030" => true,
         // hot standby conflicts ask for exactly this
         "40P02" => true,
+        // a prepared statement gone: a transaction-mode pooler in front of
+        // the source (db/mod.rs then stops preparing source statements)
+        "26000" => true,
         _ => code.starts_with("08"),
     };
     if transient {
