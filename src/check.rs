@@ -290,8 +290,21 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
     // On connections of their own: hyperfill's sessions turn the limits off
     // from their start.
     for (side, conn) in [(Side::Source, source), (Side::Target, target)] {
-        if let Ok(db) = conn.connect_plain().await {
-            timeouts(side, &db, &mut f).await;
+        match conn.connect_plain().await {
+            Ok(db) => timeouts(side, &db, &mut f).await,
+            Err(e) => f.add(
+                Severity::Warning,
+                "timeouts",
+                Some(side),
+                format!(
+                    "the server's time limits could not be read on a connection of their own: {e}"
+                ),
+                Some(
+                    "run check again; if the server is out of connection slots, free some (each \
+                     copy worker needs one on each side)"
+                        .into(),
+                ),
+            ),
         }
     }
 
