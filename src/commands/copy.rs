@@ -253,15 +253,19 @@ impl CopyJob {
                 if let (true, Some(target_chunk)) = (self.analyze, &target_chunk) {
                     // The chunk is committed: a failed ANALYZE is not a
                     // failed copy.
-                    if let Err(e) = c
-                        .tgt
-                        .batch(
-                            &format!("ANALYZE {}", target_chunk.sql()),
-                            "analyzing the copied chunk",
-                        )
-                        .await
-                    {
+                    // In a transaction of its own (BEGIN_TARGET's limits,
+                    // the session noted for the stall probe), which a
+                    // transaction-mode pooler keeps on one server session.
+                    let analyze = format!("ANALYZE {}; COMMIT", target_chunk.sql());
+                    let (begun, noted, analyzed) = futures::join!(
+                        c.tgt
+                            .batch(crate::db::BEGIN_TARGET, "starting a transaction"),
+                        c.tgt.note_session(),
+                        c.tgt.batch(&analyze, "analyzing the copied chunk"),
+                    );
+                    if let Err(e) = begun.and(noted).and(analyzed) {
                         tracing::warn!(chunk = %target_chunk, error = %e, "ANALYZE failed");
+                        let _ = c.tgt.batch("ROLLBACK", "ending a transaction").await;
                     }
                 }
                 Event::Copied {

@@ -525,3 +525,32 @@ async fn copy_into_target_chunks_restored_frozen_fills_them_and_keeps_them_froze
     assert_eq!(frozen_chunks(&db.tgt).await, frozen, "frozen chunks thawed");
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn copy_analyze_leaves_statistics_on_every_copied_chunk() {
+    let Some(db) = Dbs::new("copy_analyze").await else {
+        return;
+    };
+    db.both(METRICS).await.unwrap();
+    db.src.batch_execute(METRICS_DATA).await.unwrap();
+    db.stage(&["--until", "2024-01-03"]).await.assert_ok();
+    db.copy(&["--analyze", "-p", "2"]).await.assert_ok();
+    // ANALYZE sets reltuples (-1 on a table never analyzed or vacuumed).
+    let chunks = "SELECT count(*) FROM pg_class WHERE oid IN
+                  (SELECT show_chunks('metrics', older_than => '2024-01-03'::timestamptz))";
+    let analyzed = "SELECT count(*) FROM pg_class WHERE reltuples > 0 AND oid IN
+                  (SELECT show_chunks('metrics', older_than => '2024-01-03'::timestamptz))";
+    let n = db.tgt_i64(chunks).await;
+    assert!(n > 0, "no target chunks below the bound");
+    assert_eq!(db.tgt_i64(analyzed).await, n, "chunks without statistics");
+    // No transaction left open on the target by the ANALYZE.
+    assert_eq!(
+        db.tgt_i64(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hyperfill'
+             AND state LIKE 'idle in transaction%'"
+        )
+        .await,
+        0
+    );
+    db.cleanup().await;
+}
