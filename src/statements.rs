@@ -98,6 +98,11 @@ pub fn for_release(f: &Features) -> Vec<(&'static str, &'static str, Check)> {
             Prepare,
         ),
         (
+            "commands::stage::NOT_OWNED",
+            commands::stage::NOT_OWNED,
+            Prepare,
+        ),
+        (
             "commands::stage::NOT_READABLE",
             commands::stage::NOT_READABLE,
             Prepare,

@@ -196,6 +196,7 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
     check_target_hypertables(&src, &tgt, &tasks).await?;
     check_compression_settings(&src, &tgt, &source_ext.features, &tasks).await?;
     check_chunk_shapes(&tgt, &target_ext.features, &tasks).await?;
+    check_target_ownership(&tgt, &tasks).await?;
 
     for n in &bound_notes {
         ui::line(&format!("Note: {n}"));
@@ -715,6 +716,52 @@ async fn is_hypertable(db: &crate::db::Db, ht: &QualifiedName) -> Result<bool> {
         )
         .await?
         .get(0))
+}
+
+/// Target. $1 = quoted relation names. Those the session's role does not
+/// own (directly or through a role it is a member of).
+// language=PostgreSQL
+pub(crate) const NOT_OWNED: &str = "\
+SELECT r FROM unnest($1::text[]) AS r
+WHERE to_regclass(r) IS NOT NULL
+  AND NOT pg_has_role((SELECT c.relowner FROM pg_class c WHERE c.oid = to_regclass(r)), 'USAGE')";
+
+/// A compressed chunk is created and filled on the target with functions
+/// TimescaleDB allows the hypertable's owner only (`compress_chunk`, and from
+/// 2.29.1 `create_compressed_chunk`): refuse before anything is created,
+/// rather than fail half-way through creating the target chunks.
+async fn check_target_ownership(tgt: &crate::db::Db, tasks: &[NewTask]) -> Result<()> {
+    let compressed: Vec<String> = tasks
+        .iter()
+        .filter(|t| t.chunk.compressed_chunk.is_some())
+        .map(|t| t.chunk.hypertable.sql())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if compressed.is_empty() {
+        return Ok(());
+    }
+    let rows = tgt
+        .query(
+            NOT_OWNED,
+            &[&compressed],
+            "checking who owns the target hypertables",
+        )
+        .await?;
+    let not_owned: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    if not_owned.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Precondition {
+        side: crate::error::Side::Target,
+        message: format!(
+            "the target role does not own {}, whose staged chunks are compressed on the source: \
+             TimescaleDB lets only a hypertable's owner create and fill compressed chunks. \
+             Connect to the target as the owner, or GRANT <owner role> TO <role>. Nothing was \
+             changed",
+            not_owned.join(", ")
+        ),
+    })
 }
 
 /// Source. $1 = quoted relation names. Those the session's role may not

@@ -92,3 +92,56 @@ async fn stage_refuses_target_chunks_of_another_shape_before_creating_anything()
     assert_eq!(db.target_chunk_count().await, before, "chunks were created");
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn stage_refuses_a_target_role_that_does_not_own_a_hypertable_with_compressed_chunks() {
+    let Some(db) = Dbs::licensed("refuse_not_owner").await else {
+        return;
+    };
+    let schema = "CREATE TABLE mm (time timestamptz NOT NULL, device int NOT NULL, v float8);
+         SELECT create_hypertable('mm', by_range('time', INTERVAL '1 day'));
+         ALTER TABLE mm SET (timescaledb.compress, timescaledb.compress_segmentby = 'device',
+                             timescaledb.compress_orderby = 'time DESC');";
+    db.both(schema).await.unwrap();
+    db.src
+        .batch_execute(
+            "INSERT INTO mm SELECT t, 1, 1 FROM generate_series('2024-01-01'::timestamptz, '2024-01-04 23:00', '1 hour') t;
+             SELECT compress_chunk(c) FROM show_chunks('mm', older_than => '2024-01-03'::timestamptz) c;",
+        )
+        .await
+        .unwrap();
+    // A role with every table privilege on the target, but not the owner.
+    db.tgt
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE hf_not_owner LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             GRANT CREATE ON DATABASE \"hf_{}_t\" TO hf_not_owner;
+             GRANT USAGE, CREATE ON SCHEMA public TO hf_not_owner;
+             GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON mm TO hf_not_owner;",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let writer = db.target_url.replacen("postgres@", "hf_not_owner@", 1);
+    let r = db
+        .run(&[
+            "stage",
+            "--source",
+            "{S}",
+            "--target",
+            &writer,
+            "--until",
+            "2024-01-05",
+        ])
+        .await;
+    r.assert_code(5)
+        .assert_contains("the target role does not own \"public\".\"mm\"")
+        .assert_contains("GRANT <owner role> TO <role>")
+        .assert_contains("Nothing was changed");
+    assert!(!db.queue_exists().await, "the queue schema was created");
+    assert_eq!(
+        db.tgt_i64("SELECT count(*) FROM show_chunks('mm')").await,
+        0,
+        "target chunks were created"
+    );
+    db.cleanup().await;
+}
