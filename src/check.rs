@@ -268,7 +268,8 @@ pub async fn run(source: &ConnInfo, target: &ConnInfo, filter: Option<&str>) -> 
     };
     let hypertables = catalog::selected_hypertables(&src, &selection).await?;
     mixed_time_types(&hypertables, &mut f);
-    let uses_licensed = check_hypertables(&src, &tgt, &hypertables, &mut f).await?;
+    let uses_licensed =
+        check_hypertables(&src, &tgt, &s_ext.features, &hypertables, &mut f).await?;
     if uses_licensed && !t_ext.is_community() {
         f.add(
             Severity::Error,
@@ -434,11 +435,20 @@ fn without_extension(
     }
 }
 
+/// Source. $1 = hypertable schema, $2 = table. Its newest compressed chunk
+/// (schema, name), if any, from TimescaleDB's stable view.
+// language=PostgreSQL
+pub(crate) const NEWEST_COMPRESSED_CHUNK: &str = "\
+SELECT chunk_schema::text, chunk_name::text FROM timescaledb_information.chunks
+WHERE hypertable_schema = $1 AND hypertable_name = $2 AND is_compressed
+ORDER BY range_end DESC NULLS LAST, chunk_name DESC LIMIT 1";
+
 /// Hypertables missing or different on the target, compression settings,
 /// privileges. Returns whether the source uses licensed features.
 async fn check_hypertables(
     src: &Db,
     tgt: &Db,
+    source_features: &catalog::Features,
     hypertables: &[catalog::SelectedHypertable],
     f: &mut Findings,
 ) -> Result<bool> {
@@ -474,7 +484,25 @@ async fn check_hypertables(
                 ),
             );
         }
-        let s_set = catalog::compression_settings(src, &[ht]).await?;
+        // The newest compressed chunk's own settings where the release keeps
+        // them per chunk (2.19+: the order TimescaleDB chose by default when
+        // it compressed, which the hypertable's do not show), then the
+        // hypertable's: what `stage` compares with the target's.
+        let newest: Option<QualifiedName> =
+            if source_features.settings_key == catalog::compat::SettingsKey::Chunk {
+                src.query_opt(
+                    NEWEST_COMPRESSED_CHUNK,
+                    &[&ht.schema, &ht.name],
+                    "finding a compressed chunk",
+                )
+                .await?
+                .map(|r| QualifiedName::from_row(&r, 0))
+            } else {
+                None
+            };
+        let mut keys: Vec<&QualifiedName> = newest.iter().collect();
+        keys.push(ht);
+        let s_set = catalog::compression_settings(src, &keys).await?;
         let t_set = catalog::compression_settings(tgt, &[ht]).await?;
         if let Some(s) = &s_set {
             licensed = true;
@@ -484,12 +512,13 @@ async fn check_hypertables(
                     "compression-settings",
                     Some(Side::Target),
                     format!(
-                        "{label}: compressed with ({}) on the source, {} on the target",
+                        "{label}: compressed with ({}) on the source, {} on the target{}",
                         s.as_options(),
                         t_set
                             .as_ref()
                             .map(|t| format!("({})", t.as_options()))
-                            .unwrap_or_else(|| "not compressed".into())
+                            .unwrap_or_else(|| "not compressed".into()),
+                        catalog::default_order_note(t_set.as_ref())
                     ),
                     Some(format!(
                         "on the target: ALTER TABLE {ht} SET (timescaledb.compress, {})",

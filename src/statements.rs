@@ -81,6 +81,11 @@ pub fn for_release(f: &Features) -> Vec<(&'static str, &'static str, Check)> {
         ("check::HYPERTABLE_SIZE", check::HYPERTABLE_SIZE, Prepare),
         ("check::SESSION_SSL", check::SESSION_SSL, Prepare),
         ("check::STANDBY_STATE", check::STANDBY_STATE, Prepare),
+        (
+            "check::NEWEST_COMPRESSED_CHUNK",
+            check::NEWEST_COMPRESSED_CHUNK,
+            Prepare,
+        ),
         ("check::SESSION_TIMEOUTS", check::SESSION_TIMEOUTS, Prepare),
         (
             "commands::left_behind::SOURCE_INVENTORY",

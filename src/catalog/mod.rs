@@ -433,6 +433,21 @@ impl CompressionSettings {
     }
 }
 
+/// Said beside a difference in compression settings when the target
+/// hypertable sets no order: the source's chunk got TimescaleDB's default
+/// order when it was compressed (pg_dump carries none), which the target's
+/// chunks need not get.
+pub fn default_order_note(target: Option<&CompressionSettings>) -> &'static str {
+    match target {
+        Some(t) if t.as_options().contains("compress_orderby = ''") => {
+            " (the source's chunk got its order from TimescaleDB's default when it was \
+             compressed; the target hypertable has no order set, and its chunks could be \
+             compressed in another)"
+        }
+        _ => "",
+    }
+}
+
 /// The compression settings recorded for the first of `rels` that has any.
 pub async fn compression_settings(
     db: &Db,

@@ -918,17 +918,20 @@ async fn check_compression_settings(
         let target = catalog::compression_settings(tgt, &[ht]).await?;
         match (source, target) {
             (Some(s), Some(t)) if s == t => {}
-            (Some(s), t) => problems.push(format!(
-                "{ht}: chunk {} is compressed with ({}) on the source, but the target hypertable {}. \
-                 Fix: on the target, ALTER TABLE {ht} SET (timescaledb.compress, {})",
-                chunk.chunk,
-                s.as_options(),
-                match t {
-                    Some(t) => format!("uses ({})", t.as_options()),
-                    None => "has compression off".to_string(),
-                },
-                s.as_options()
-            )),
+            (Some(s), t) => {
+                let why = catalog::default_order_note(t.as_ref());
+                problems.push(format!(
+                    "{ht}: chunk {} is compressed with ({}) on the source, but the target hypertable \
+                     {}{why}. Fix: on the target, ALTER TABLE {ht} SET (timescaledb.compress, {})",
+                    chunk.chunk,
+                    s.as_options(),
+                    match t {
+                        Some(t) => format!("uses ({})", t.as_options()),
+                        None => "has compression off".to_string(),
+                    },
+                    s.as_options()
+                ))
+            }
             (None, _) => {}
         }
     }
