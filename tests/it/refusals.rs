@@ -145,3 +145,73 @@ async fn stage_refuses_a_target_role_that_does_not_own_a_hypertable_with_compres
     );
     db.cleanup().await;
 }
+
+/// No compress_orderby given (the common case): on 2.19 and later the
+/// source's chunks carry the order TimescaleDB chose when it compressed
+/// them, and the target hypertable (restored from the schema) has none.
+/// check and stage name the difference and its fix; after the fix the
+/// chunks copy compressed and equal.
+#[tokio::test]
+async fn default_compression_order_is_named_by_check_and_copies_after_the_fix() {
+    let Some(db) = Dbs::licensed("default_order").await else {
+        return;
+    };
+    db.both(
+        "CREATE TABLE dm (time timestamptz NOT NULL, device int NOT NULL, v float8);
+         SELECT create_hypertable('dm', by_range('time', INTERVAL '1 day'));
+         ALTER TABLE dm SET (timescaledb.compress, timescaledb.compress_segmentby = 'device');",
+    )
+    .await
+    .unwrap();
+    db.src
+        .batch_execute(
+            "INSERT INTO dm SELECT t, d, d + extract(epoch from t) / 1e9
+             FROM generate_series('2024-01-01'::timestamptz, '2024-01-04 23:00', '10 min') t, generate_series(1, 3) d;
+             SELECT compress_chunk(c) FROM show_chunks('dm', older_than => '2024-01-03'::timestamptz) c;",
+        )
+        .await
+        .unwrap();
+    let check = db
+        .run(&["check", "--source", "{S}", "--target", "{T}"])
+        .await;
+    if check.code == 3 {
+        check
+            .assert_contains("[compression-settings]")
+            .assert_contains("got its order from TimescaleDB's default")
+            .assert_contains("ALTER TABLE \"public\".\"dm\" SET (timescaledb.compress");
+        let refused = db.stage(&["--until", "2024-01-05"]).await;
+        refused
+            .assert_code(3)
+            .assert_contains("Nothing was changed");
+        assert!(!db.queue_exists().await, "the queue schema was created");
+        // The fix as named: the source chunk's settings on the target.
+        let line = refused
+            .all()
+            .lines()
+            .find_map(|l| {
+                l.split("Fix: on the target, ")
+                    .nth(1)
+                    .map(|f| f.trim().to_string())
+            })
+            .expect("the fix");
+        db.tgt.batch_execute(&line).await.unwrap();
+        db.run(&["check", "--source", "{S}", "--target", "{T}"])
+            .await
+            .assert_ok();
+    } else {
+        check.assert_ok();
+    }
+    db.stage(&["--until", "2024-01-05"]).await.assert_ok();
+    db.copy(&[]).await.assert_ok();
+    db.verify(&[])
+        .await
+        .assert_ok()
+        .assert_contains("0 mismatch");
+    let compressed = "SELECT count(*) FROM timescaledb_information.chunks
+                      WHERE hypertable_name = 'dm' AND is_compressed";
+    assert_eq!(db.src_i64(compressed).await, 2);
+    assert_eq!(db.tgt_i64(compressed).await, 2, "compression status copied");
+    let rows = "SELECT count(*) FROM dm";
+    assert_eq!(db.tgt_i64(rows).await, db.src_i64(rows).await);
+    db.cleanup().await;
+}
