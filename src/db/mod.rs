@@ -79,8 +79,10 @@ pub const BEGIN_TARGET: &str = "BEGIN; \
      SET LOCAL bytea_output = 'hex'; \
      SET LOCAL standard_conforming_strings = on; \
      SET LOCAL client_min_messages = warning; \
-     SELECT set_config(name, '0', true) FROM pg_settings \
-     WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout', 'transaction_timeout')";
+     SET LOCAL statement_timeout = 0; \
+     SET LOCAL idle_in_transaction_session_timeout = 0; \
+     SELECT set_config('transaction_timeout', '0', true) \
+     WHERE current_setting('transaction_timeout', true) IS NOT NULL";
 
 /// Sent in the startup packet of every connection: no server-side time
 /// limit on a statement or an idle transaction for hyperfill's own sessions

@@ -133,7 +133,7 @@ async fn pooler_session_mode_target_stage_copy_verify() {
 }
 
 /// Each chunk's COPY takes 3 s on the target, longer than --stall-timeout
-/// 1 s: the stuck-server probe must ask about the server process of the
+/// 1 s and than the database's statement_timeout (1 s): the stuck-server probe must ask about the server process of the
 /// transaction the COPY runs in, which a transaction-mode pooler may have
 /// moved to another one than the connection started on, and find it working.
 #[tokio::test]
@@ -157,6 +157,14 @@ async fn pooler_transaction_mode_long_copies_are_not_taken_for_stalls() {
         )
         .await
         .expect("a slow CHECK constraint");
+    // A server time limit shorter than each COPY: PgBouncer refuses the
+    // startup options that turn it off, so each transaction must do it.
+    db.tgt
+        .batch_execute(&format!(
+            "ALTER DATABASE \"hf_{name}_t\" SET statement_timeout = '1s'"
+        ))
+        .await
+        .expect("a database statement_timeout");
     let pooled = bouncer.url(&format!("hf_{name}_t"));
     let src = db.source_url.clone();
     db.run(&[
