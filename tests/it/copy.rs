@@ -547,7 +547,7 @@ async fn copy_analyze_leaves_statistics_on_every_copied_chunk() {
     assert_eq!(
         db.tgt_i64(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hyperfill'
-             AND state LIKE 'idle in transaction%'"
+             AND datname = current_database() AND state LIKE 'idle in transaction%'"
         )
         .await,
         0
