@@ -3,6 +3,7 @@
 //! `refresh-caggs` catches the target up to the source's watermarks.
 
 use crate::harness::Dbs;
+use crate::harness::{each_statement as each, fingerprint};
 
 const SCHEMA: &str = "
 CREATE TABLE raw (time timestamptz NOT NULL, device int NOT NULL, v float8);
@@ -32,16 +33,6 @@ CALL refresh_continuous_aggregate('hourly', NULL, '2024-01-09');
 CALL refresh_continuous_aggregate('\"Daily Roll\"', NULL, '2024-01-08');
 ";
 
-/// Run statements one by one: `CALL refresh_continuous_aggregate` refuses
-/// the implicit transaction of a multi-statement batch.
-async fn each(c: &tokio_postgres::Client, sql: &str) {
-    for stmt in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
-        c.batch_execute(stmt)
-            .await
-            .unwrap_or_else(|e| panic!("{stmt}: {e:?}"));
-    }
-}
-
 /// The continuous aggregates' rows as compared. `avg_v` is a float average:
 /// a refresh on either side may sum the same rows in another physical order,
 /// which moves the last binary digit, so it is compared to 9 decimals (as
@@ -50,19 +41,6 @@ const VIEWS: [&str; 2] = [
     "(SELECT bucket, device, round(avg_v::numeric, 9) AS avg_v, n FROM hourly)",
     "\"Daily Roll\"",
 ];
-
-async fn fingerprint(c: &tokio_postgres::Client, rel: &str) -> (i64, String) {
-    let row = c
-        .query_one(
-            &format!(
-                "SELECT count(*), coalesce(md5(string_agg(r, ',' ORDER BY r)), '') FROM (SELECT x::text AS r FROM {rel} x) y"
-            ),
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{rel}: {e:?}"));
-    (row.get(0), row.get(1))
-}
 
 async fn invalidations(c: &tokio_postgres::Client) -> i64 {
     c.query_one(

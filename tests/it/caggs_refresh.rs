@@ -5,6 +5,7 @@
 //! aggregates after the ones they are built on); `verify` compares the views
 //! per bucket over that range.
 
+use crate::harness::fingerprint;
 use crate::harness::Dbs;
 
 const SCHEMA: &str = "
@@ -35,19 +36,6 @@ async fn each(c: &tokio_postgres::Client, stmts: &[&str]) {
             .await
             .unwrap_or_else(|e| panic!("{s}: {e:?}"));
     }
-}
-
-async fn fingerprint(c: &tokio_postgres::Client, rel: &str) -> (i64, String) {
-    let row = c
-        .query_one(
-            &format!(
-                "SELECT count(*), coalesce(md5(string_agg(r, ',' ORDER BY r)), '') FROM (SELECT x::text AS r FROM {rel} x) y"
-            ),
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{rel}: {e:?}"));
-    (row.get(0), row.get(1))
 }
 
 /// The views below the source's watermark (Jan 9), which is what the source

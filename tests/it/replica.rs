@@ -5,22 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::harness::fingerprint;
 use crate::harness::replica::ReplicaPair;
 use crate::harness::{self, Dbs, Run};
 use crate::stage::{METRICS, METRICS_DATA};
-
-/// Count and order-independent checksum of a table's rows.
-async fn fingerprint(c: &tokio_postgres::Client, table: &str) -> (i64, String) {
-    let sql = format!(
-        "SELECT count(*), coalesce(md5(string_agg(r, ',' ORDER BY r)), '') FROM \
-         (SELECT t::text AS r FROM {table} t) x"
-    );
-    let row = c
-        .query_one(&sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    (row.get(0), row.get(1))
-}
 
 /// `hyperfill <command> --source <replica> --target <target> <extra>`.
 async fn run(db: &Dbs, command: &str, source: &str, extra: &[&str]) -> Run {

@@ -5,6 +5,7 @@
 //! foreign keys are not checked.
 
 use crate::harness::Dbs;
+use crate::harness::{each_statement as each, fingerprint};
 
 const SCHEMA: &str = "
 CREATE TABLE devices (id int PRIMARY KEY);
@@ -50,27 +51,6 @@ CREATE TRIGGER refuse BEFORE INSERT ON counters FOR EACH ROW EXECUTE FUNCTION re
 CREATE TRIGGER audit AFTER INSERT ON metrics FOR EACH ROW EXECUTE FUNCTION count_rows();
 CREATE TRIGGER audit AFTER INSERT ON counters FOR EACH ROW EXECUTE FUNCTION count_rows();
 ";
-
-async fn fingerprint(c: &tokio_postgres::Client, table: &str) -> (i64, String) {
-    let row = c
-        .query_one(
-            &format!(
-                "SELECT count(*), md5(string_agg(x::text, ',' ORDER BY x::text)) FROM {table} x"
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
-}
-
-async fn each(c: &tokio_postgres::Client, sql: &str) {
-    for stmt in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
-        c.batch_execute(stmt)
-            .await
-            .unwrap_or_else(|e| panic!("{stmt}: {e:?}"));
-    }
-}
 
 /// Chunks of metrics and counters whose user triggers are not all enabled
 /// as created (O) after the copy.

@@ -484,3 +484,28 @@ pub fn thousands(n: i64) -> String {
     }
     out
 }
+
+/// Count and order-independent digest of the rows of `rel` (a table, a
+/// view, or a parenthesized SELECT), compared between source and target.
+pub async fn fingerprint(c: &Client, rel: &str) -> (i64, String) {
+    let sql = format!(
+        "SELECT count(*), coalesce(md5(string_agg(r, ',' ORDER BY r)), '') \
+         FROM (SELECT x::text AS r FROM {rel} x) y"
+    );
+    let row = c
+        .query_one(&sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    (row.get(0), row.get(1))
+}
+
+/// Run the statements of `sql` (separated by ";\n") one by one: `CALL
+/// refresh_continuous_aggregate` refuses the implicit transaction of a
+/// multi-statement batch.
+pub async fn each_statement(c: &Client, sql: &str) {
+    for stmt in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+        c.batch_execute(stmt)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e:?}"));
+    }
+}
