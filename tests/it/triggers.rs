@@ -52,6 +52,24 @@ CREATE TRIGGER audit AFTER INSERT ON metrics FOR EACH ROW EXECUTE FUNCTION count
 CREATE TRIGGER audit AFTER INSERT ON counters FOR EACH ROW EXECUTE FUNCTION count_rows();
 ";
 
+/// After the copy: both tables equal on both sides, no user trigger fired
+/// on a copied row, and every chunk's triggers enabled again.
+async fn assert_loaded_as_restored(db: &Dbs) {
+    for t in ["metrics", "counters"] {
+        assert_eq!(
+            fingerprint(&db.src, t).await,
+            fingerprint(&db.tgt, t).await,
+            "{t}"
+        );
+    }
+    assert_eq!(
+        db.tgt_i64("SELECT n FROM audit").await,
+        0,
+        "a trigger fired"
+    );
+    assert_eq!(triggers_left_disabled(&db.tgt).await, 0);
+}
+
 /// Chunks of metrics and counters whose user triggers are not all enabled
 /// as created (O) after the copy.
 async fn triggers_left_disabled(c: &tokio_postgres::Client) -> i64 {
@@ -116,19 +134,7 @@ async fn copy_does_not_fire_user_triggers_or_check_foreign_keys_on_any_path() {
         .await
         .assert_ok();
     db.copy(&[]).await.assert_ok().assert_contains("0 failed");
-    for t in ["metrics", "counters"] {
-        assert_eq!(
-            fingerprint(&db.src, t).await,
-            fingerprint(&db.tgt, t).await,
-            "{t}"
-        );
-    }
-    assert_eq!(
-        db.tgt_i64("SELECT n FROM audit").await,
-        0,
-        "a trigger fired"
-    );
-    assert_eq!(triggers_left_disabled(&db.tgt).await, 0);
+    assert_loaded_as_restored(&db).await;
     // The triggers are there and act on new rows.
     assert!(db
         .tgt
@@ -180,18 +186,6 @@ async fn copy_as_an_owner_without_the_replica_role_disables_chunk_triggers_the_s
         .await
         .assert_ok()
         .assert_contains("0 failed");
-    for t in ["metrics", "counters"] {
-        assert_eq!(
-            fingerprint(&db.src, t).await,
-            fingerprint(&db.tgt, t).await,
-            "{t}"
-        );
-    }
-    assert_eq!(
-        db.tgt_i64("SELECT n FROM audit").await,
-        0,
-        "a trigger fired"
-    );
-    assert_eq!(triggers_left_disabled(&db.tgt).await, 0);
+    assert_loaded_as_restored(&db).await;
     db.cleanup().await;
 }
