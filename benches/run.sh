@@ -24,7 +24,9 @@
 #    clusters then no longer show up in the server CPU figures. Stop them with
 #    the same variables and `scripts/lib/clusters.sh stop|destroy`, as printed
 #    at the end.
-# 2. cargo build --release (skipped with --no-build or --hyperfill-bin).
+# 2. cargo build --release, with the WAN proxy (benches/wanproxy/main.rs);
+#    --no-build or --hyperfill-bin skip the build of hyperfill (the proxy is
+#    still built when --wan-rtt asks for it and cargo is there).
 # 3. benches/bench.py: datasets (cached in hfbench_* databases on the source),
 #    targets, measured runs; results in target/bench/<run>/results.{md,json}.
 set -euo pipefail
@@ -92,9 +94,14 @@ if [[ $build -eq 1 ]]; then
         export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
     fi
     command -v cargo >/dev/null 2>&1 || die "cargo not found (install rustup), or pass --hyperfill-bin"
-    log "cargo build --release"
-    (cd "$root" && cargo build --release) \
+    log "cargo build --release (and the WAN proxy, --example wanproxy)"
+    (cd "$root" && cargo build --release --bins --example wanproxy) \
         || die "cargo build --release failed (pass --no-build to measure the existing target/release/hyperfill)"
+elif [[ " ${args[*]-} " == *" --wan-rtt"* ]] && command -v cargo >/dev/null 2>&1; then
+    # A given --hyperfill-bin still gets the Rust proxy (wan.py falls back
+    # to the Python one, loudly, when it is not built).
+    log "cargo build --release --example wanproxy"
+    (cd "$root" && cargo build --release --example wanproxy) || log "building the WAN proxy failed; the Python proxy will be used"
 fi
 
 rc=0

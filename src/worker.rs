@@ -115,19 +115,64 @@ pub struct PoolConfig {
     pub target: ConnInfo,
     /// Consecutive failures without progress after which a worker gives up.
     pub max_attempts: u32,
+    /// Connections opened before the pool started.
+    pub warm: Warm,
+    /// The number of workers to grow to, when it is known (workers are
+    /// added, never taken away; a pool whose workers all ended stays ended).
+    pub more: Option<tokio::sync::oneshot::Receiver<usize>>,
+}
+
+/// Worker connections opened ahead of the pool, while the caller still
+/// reads what the pool needs (on a far source, the start-up of a
+/// connection is five or more round trips: TCP, TLS, authentication,
+/// session settings). A worker takes the first one ready for its first
+/// connection; one that failed to open is dropped and the worker connects
+/// as usual (with its retries and messages). Those not taken are closed
+/// when the pool ends.
+#[derive(Default)]
+pub struct Warm(tokio::sync::Mutex<tokio::task::JoinSet<Result<Conns>>>);
+
+impl Warm {
+    /// Start opening `n` pairs of connections (source and target at once).
+    pub fn open(source: &ConnInfo, target: &ConnInfo, n: usize) -> Warm {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let (source, target) = (source.clone(), target.clone());
+            set.spawn(async move {
+                tokio::try_join!(source.connect(), target.connect())
+                    .map(|(src, tgt)| Conns { src, tgt })
+            });
+        }
+        Warm(tokio::sync::Mutex::new(set))
+    }
+
+    /// The next opened pair, if any is left and it opened.
+    async fn take(&self) -> Option<Conns> {
+        let mut set = self.0.lock().await;
+        loop {
+            match set.join_next().await? {
+                Ok(Ok(c)) => return Some(c),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "a connection opened ahead failed; connecting again")
+                }
+                Err(e) => tracing::debug!(error = %e, "opening a connection ahead crashed"),
+            }
+        }
+    }
 }
 
 /// Run the pool until every worker is idle, cancelled or failed. Events are
 /// sent to `events` as they happen. Returns the first fatal error, if any.
 pub async fn run<J: Job>(
-    cfg: PoolConfig,
+    mut cfg: PoolConfig,
     job: Arc<J>,
     shutdown: Shutdown,
     events: mpsc::UnboundedSender<J::Event>,
 ) -> Result<()> {
+    let mut more = cfg.more.take();
     let cfg = Arc::new(cfg);
     let mut set = tokio::task::JoinSet::new();
-    for i in 0..cfg.workers {
+    let spawn = |set: &mut tokio::task::JoinSet<Result<()>>, i: usize| {
         let (cfg, job, shutdown, events) =
             (cfg.clone(), job.clone(), shutdown.clone(), events.clone());
         set.spawn(async move {
@@ -138,10 +183,32 @@ pub async fn run<J: Job>(
                 r = worker(i, &cfg, &*job, &shutdown, &events) => r,
             }
         });
+    };
+    for i in 0..cfg.workers {
+        spawn(&mut set, i);
     }
-    drop(events);
     let mut first_error = None;
-    while let Some(joined) = set.join_next().await {
+    loop {
+        let joined = tokio::select! {
+            n = async {
+                match more.as_mut() {
+                    Some(rx) => rx.await,
+                    None => std::future::pending().await,
+                }
+            }, if more.is_some() => {
+                more = None;
+                if let Ok(n) = n {
+                    if !shutdown.graceful.is_cancelled() && !set.is_empty() {
+                        for i in cfg.workers..n {
+                            spawn(&mut set, i);
+                        }
+                    }
+                }
+                continue;
+            }
+            joined = set.join_next() => joined,
+        };
+        let Some(joined) = joined else { break };
         let result =
             joined.unwrap_or_else(|e| Err(Error::Internal(format!("a worker crashed: {e}"))));
         if let Err(e) = result {
@@ -150,6 +217,7 @@ pub async fn run<J: Job>(
             }
         }
     }
+    drop(events);
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
@@ -164,6 +232,13 @@ fn backoff(attempt: u32) -> Duration {
 /// Connect both sides, retrying transient failures with backoff. The first
 /// ctrl-c ends the wait, whatever it is waiting on.
 async fn connect(cfg: &PoolConfig, shutdown: &Shutdown) -> Result<Conns> {
+    let warm = tokio::select! {
+        c = cfg.warm.take() => c,
+        _ = shutdown.graceful.cancelled() => return Err(Error::Interrupted { abandoned: false }),
+    };
+    if let Some(c) = warm {
+        return Ok(c);
+    }
     let mut attempt = 0;
     loop {
         // Both at once: the source may be far away.

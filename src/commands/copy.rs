@@ -465,12 +465,13 @@ pub fn auto_workers(rtt: Duration, free_slots: Option<i64>) -> usize {
     wanted.min(MAX_AUTO_WORKERS).min(by_slots)
 }
 
-/// Round-trip time to the source: the shortest of three trivial statements
-/// on a connection that has already run one (so no first-query start-up is
-/// counted, and one slow answer from a busy machine does not count either).
-async fn round_trip(src: &Db) -> Result<Duration> {
-    let mut best = Duration::MAX;
-    for _ in 0..3 {
+/// Round-trip time to the source: the shortest of `first` (the start-up's
+/// catalog read) and two trivial statements on a connection that has already
+/// run one (so no first-query start-up is counted, and one slow answer from
+/// a busy machine does not count either).
+async fn round_trip(src: &Db, first: Duration) -> Result<Duration> {
+    let mut best = first;
+    for _ in 0..2 {
         let t0 = Instant::now();
         src.batch("", "measuring the round trip to the source")
             .await?;
@@ -563,25 +564,44 @@ impl Projection {
 }
 
 pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
-    // Both sides at once: the source may be far away.
-    let (tgt, (src, source_ext, rtt, src_free)) = tokio::try_join!(
+    // Workers' connections notice a stuck server (db/watch.rs).
+    let pool_source = cfg.source.watched(cfg.stall_timeout);
+    let pool_target = cfg.target.watched(cfg.stall_timeout);
+    // Both sides at once: the source may be far away. The near target tells
+    // first how much is queued; the first workers' connections are opened
+    // then, while the source is still being read (worker::Warm).
+    let ((tgt, warm), (src, source_ext, rtt, src_free)) = tokio::try_join!(
         async {
             let tgt = cfg.target.connect().await?;
             queue::require(&tgt).await?;
             // A queue staged by an older hyperfill gets the newer columns.
             queue::migrate(&tgt).await?;
-            Ok::<_, Error>(tgt)
+            let c = queue::counts(&tgt).await?;
+            let again = if cfg.requeue_mismatched {
+                c.verified_mismatch
+            } else {
+                0
+            };
+            let first = cfg
+                .parallelism
+                .unwrap_or(DEFAULT_WORKERS)
+                .min((c.pending + c.failed + again) as usize);
+            Ok::<_, Error>((tgt, worker::Warm::open(&pool_source, &pool_target, first)))
         },
         async {
-            let src = cfg.source.connect().await?;
-            let ext = catalog::extension(&src).await?;
-            let rtt = round_trip(&src).await?;
-            let free = if cfg.parallelism.is_none() {
-                free_slots(&src).await
-            } else {
-                None
-            };
-            Ok::<_, Error>((src, ext, rtt, free))
+            // No session settings: the start-up reads need none, and a far
+            // source saves their round trip.
+            let src = cfg.source.connect_raw().await?;
+            // One round trip for both (pipelined); it is also the first
+            // sample of the round-trip time.
+            let t0 = Instant::now();
+            let (ext, free) = tokio::join!(catalog::extension(&src), async {
+                match cfg.parallelism {
+                    None => free_slots(&src).await,
+                    Some(_) => None,
+                }
+            });
+            Ok::<_, Error>((src, ext?, t0.elapsed(), free))
         },
     )?;
     let target = catalog::extension(&tgt).await?;
@@ -648,8 +668,47 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             .collect(),
         finished: 0,
     };
-    drop((src, tgt));
+    drop(tgt);
 
+    let job = Arc::new(CopyJob {
+        ctx,
+        max_attempts: cfg.max_attempts,
+        analyze: cfg.analyze,
+        tried: Mutex::new(HashMap::new()),
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The first workers start at once (with the connections opened ahead);
+    // without --parallelism the pool grows once the round trip to the
+    // source is measured (two more round trips on a far source).
+    let first = cfg
+        .parallelism
+        .unwrap_or(DEFAULT_WORKERS)
+        .min(todo as usize)
+        .max(1);
+    let (grow, more) = tokio::sync::oneshot::channel();
+    let pool_cfg = PoolConfig {
+        workers: first,
+        source: pool_source,
+        target: pool_target,
+        max_attempts: cfg.max_attempts,
+        warm,
+        more: cfg.parallelism.is_none().then_some(more),
+    };
+    let clock = Instant::now();
+    let pool = tokio::spawn(worker::run(pool_cfg, job, shutdown.clone(), tx));
+
+    let rtt = match cfg.parallelism {
+        // Only reported: no more round trips for it.
+        Some(_) => rtt,
+        // Not worth failing for: the first sample stands in (the source's
+        // connection is not watched for stalls, hence the limit).
+        None => tokio::time::timeout(Duration::from_secs(10), round_trip(&src, rtt))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or(rtt),
+    };
+    drop(src);
     let rtt_ms = rtt.as_secs_f64() * 1000.0;
     tracing::info!(rtt_ms, "round trip to the source");
     let (chosen, why) = match cfg.parallelism {
@@ -671,29 +730,15 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             (n, why)
         }
     };
-    let workers = chosen.min(todo as usize).max(1);
+    let workers = chosen.min(todo as usize).max(first);
+    let _ = grow.send(workers);
+    // Printed before any task's line: the workers' events wait in `rx`.
     ui::line(&format!(
         "Copying {} with {} worker(s){why}: ~{} to move (projected from the source's table sizes)",
         tasks_text(todo, chunks, split),
         workers,
         ui::bytes(projection.total()),
     ));
-    let job = Arc::new(CopyJob {
-        ctx,
-        max_attempts: cfg.max_attempts,
-        analyze: cfg.analyze,
-        tried: Mutex::new(HashMap::new()),
-    });
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    // Workers' connections notice a stuck server (db/watch.rs).
-    let pool_cfg = PoolConfig {
-        workers,
-        source: cfg.source.watched(cfg.stall_timeout),
-        target: cfg.target.watched(cfg.stall_timeout),
-        max_attempts: cfg.max_attempts,
-    };
-    let clock = Instant::now();
-    let pool = tokio::spawn(worker::run(pool_cfg, job, shutdown.clone(), tx));
 
     let mut report = CopyReport {
         workers,

@@ -238,6 +238,8 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
         source: cfg.source.watched(crate::db::DEFAULT_STALL_TIMEOUT),
         target: cfg.target.watched(crate::db::DEFAULT_STALL_TIMEOUT),
         max_attempts: MAX_ATTEMPTS,
+        warm: worker::Warm::default(),
+        more: None,
     };
     let clock = Instant::now();
     let pool = tokio::spawn(worker::run(

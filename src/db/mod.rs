@@ -268,31 +268,39 @@ impl ConnInfo {
         });
         let setup = async {
             // The target gets no session settings (see BEGIN_TARGET).
-            if side == Side::Source {
-                if self.no_startup_options.load(Ordering::Relaxed) {
-                    let mut tries = 0;
-                    loop {
-                        match db.batch(SESSION_TIMEOUTS, "setting up the session").await {
-                            Err(Error::Db { source, .. })
-                                if tries < 3
-                                    && source.code() == Some(&SqlState::QUERY_CANCELED) =>
-                            {
-                                tries += 1;
-                            }
-                            r => break r?,
+            if side == Side::Source && self.no_startup_options.load(Ordering::Relaxed) {
+                let mut tries = 0;
+                loop {
+                    match db.batch(SESSION_TIMEOUTS, "setting up the session").await {
+                        Err(Error::Db { source, .. })
+                            if tries < 3 && source.code() == Some(&SqlState::QUERY_CANCELED) =>
+                        {
+                            tries += 1;
                         }
+                        r => break r?,
                     }
                 }
-                db.batch(SOURCE_SESSION, "setting up the session").await?;
             }
-            match self.stall {
-                Some(_) => Ok(Some(
-                    db.query_one(BACKEND_PID, &[], "setting up the session")
-                        .await?
-                        .get::<_, i32>(0),
-                )),
-                None => Ok(None),
-            }
+            // The settings and the backend's pid in one round trip
+            // (pipelined; the target gets no settings).
+            let settings = async {
+                match side {
+                    Side::Source => db.batch(SOURCE_SESSION, "setting up the session").await,
+                    Side::Target => Ok(()),
+                }
+            };
+            let pid = async {
+                match self.stall {
+                    Some(_) => Ok(Some(
+                        db.query_one(BACKEND_PID, &[], "setting up the session")
+                            .await?
+                            .get::<_, i32>(0),
+                    )),
+                    None => Ok(None),
+                }
+            };
+            let ((), pid) = tokio::try_join!(settings, pid)?;
+            Ok(pid)
         };
         let pid = self.within_timeout(&self.describe(), setup).await?;
         if let (Some(pid), Some(stall)) = (pid, self.stall) {
