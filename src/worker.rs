@@ -115,49 +115,78 @@ pub struct PoolConfig {
     pub target: ConnInfo,
     /// Consecutive failures without progress after which a worker gives up.
     pub max_attempts: u32,
-    /// Connections opened before the pool started.
-    pub warm: Warm,
-    /// The number of workers to grow to, when it is known (workers are
-    /// added, never taken away; a pool whose workers all ended stays ended).
-    pub more: Option<tokio::sync::oneshot::Receiver<usize>>,
+    /// Connections opened ahead (shared with the caller, who may open more).
+    pub warm: Arc<Warm>,
+    /// The numbers of workers to grow to, as they become known (workers
+    /// are added, never taken away; a pool whose workers all ended stays
+    /// ended).
+    pub more: Option<mpsc::UnboundedReceiver<usize>>,
 }
 
-/// Worker connections opened ahead of the pool, while the caller still
-/// reads what the pool needs (on a far source, the start-up of a
-/// connection is five or more round trips: TCP, TLS, authentication,
-/// session settings). A worker takes the first one ready for its first
-/// connection; one that failed to open is dropped and the worker connects
-/// as usual (with its retries and messages). Those not taken are closed
-/// when the pool ends.
-#[derive(Default)]
-pub struct Warm(tokio::sync::Mutex<tokio::task::JoinSet<Result<Conns>>>);
+/// Worker connections opened ahead, while the caller still reads what the
+/// pool needs (on a far source, the start-up of a connection is five or
+/// more round trips: TCP, TLS, authentication, session settings). A worker
+/// takes the first one ready for a connection it needs; one that failed to
+/// open is dropped and the worker connects as usual (with its retries and
+/// messages). Those never taken are closed when the last holder drops this.
+pub struct Warm {
+    source: ConnInfo,
+    target: ConnInfo,
+    tx: mpsc::UnboundedSender<Result<Conns>>,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Result<Conns>>>,
+    /// Opened or opening, not yet taken.
+    outstanding: AtomicUsize,
+    /// Ever asked to open.
+    opened: AtomicUsize,
+}
 
 impl Warm {
-    /// Start opening `n` pairs of connections (source and target at once).
-    pub fn open(source: &ConnInfo, target: &ConnInfo, n: usize) -> Warm {
-        let mut set = tokio::task::JoinSet::new();
+    pub fn new(source: &ConnInfo, target: &ConnInfo) -> Warm {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Warm {
+            source: source.clone(),
+            target: target.clone(),
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+            outstanding: AtomicUsize::new(0),
+            opened: AtomicUsize::new(0),
+        }
+    }
+
+    /// Start opening `n` more pairs of connections (source and target at once).
+    pub fn open(&self, n: usize) {
+        self.outstanding.fetch_add(n, Ordering::SeqCst);
+        self.opened.fetch_add(n, Ordering::SeqCst);
         for _ in 0..n {
-            let (source, target) = (source.clone(), target.clone());
-            set.spawn(async move {
-                tokio::try_join!(source.connect(), target.connect())
-                    .map(|(src, tgt)| Conns { src, tgt })
+            let (source, target, tx) = (self.source.clone(), self.target.clone(), self.tx.clone());
+            tokio::spawn(async move {
+                let r = tokio::try_join!(source.connect(), target.connect())
+                    .map(|(src, tgt)| Conns { src, tgt });
+                let _ = tx.send(r);
             });
         }
-        Warm(tokio::sync::Mutex::new(set))
+    }
+
+    /// How many pairs were opened or are opening, taken or not.
+    pub fn opened(&self) -> usize {
+        self.opened.load(Ordering::SeqCst)
     }
 
     /// The next opened pair, if any is left and it opened.
     async fn take(&self) -> Option<Conns> {
-        let mut set = self.0.lock().await;
-        loop {
-            match set.join_next().await? {
-                Ok(Ok(c)) => return Some(c),
-                Ok(Err(e)) => {
+        let mut rx = self.rx.lock().await;
+        while self.outstanding.load(Ordering::SeqCst) > 0 {
+            // This holds a sender, so a result comes for each one opening.
+            let r = rx.recv().await?;
+            self.outstanding.fetch_sub(1, Ordering::SeqCst);
+            match r {
+                Ok(c) => return Some(c),
+                Err(e) => {
                     tracing::debug!(error = %e, "a connection opened ahead failed; connecting again")
                 }
-                Err(e) => tracing::debug!(error = %e, "opening a connection ahead crashed"),
             }
         }
+        None
     }
 }
 
@@ -187,22 +216,26 @@ pub async fn run<J: Job>(
     for i in 0..cfg.workers {
         spawn(&mut set, i);
     }
+    let mut started = cfg.workers;
     let mut first_error = None;
     loop {
         let joined = tokio::select! {
             n = async {
                 match more.as_mut() {
-                    Some(rx) => rx.await,
+                    Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 }
             }, if more.is_some() => {
-                more = None;
-                if let Ok(n) = n {
-                    if !shutdown.graceful.is_cancelled() && !set.is_empty() {
-                        for i in cfg.workers..n {
-                            spawn(&mut set, i);
+                match n {
+                    Some(n) => {
+                        if !shutdown.graceful.is_cancelled() && !set.is_empty() {
+                            for i in started..n {
+                                spawn(&mut set, i);
+                            }
+                            started = started.max(n);
                         }
                     }
+                    None => more = None,
                 }
                 continue;
             }

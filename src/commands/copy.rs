@@ -442,6 +442,11 @@ impl Job for CopyJob {
 const DEFAULT_WORKERS: usize = 8;
 /// At most this many workers are chosen for a far source.
 const MAX_AUTO_WORKERS: usize = 32;
+/// A start-up round trip this long means a far source for sure (a busy
+/// near server does not answer its first statement this slowly): more
+/// workers' connections are opened at once, before the round trip is
+/// measured again.
+const FAR_SOURCE: Duration = Duration::from_millis(10);
 
 /// Source and target. Connection slots left for clients that are not
 /// superusers.
@@ -453,12 +458,15 @@ SELECT current_setting('max_connections')::int
      - (SELECT count(*)::int FROM pg_stat_activity WHERE backend_type = 'client backend')";
 
 /// The number of workers when `--parallelism` is not given. Each task waits
-/// for two to three round trips to the source, so on a far source a worker
-/// is mostly waiting: one more worker per 2 ms of round-trip time above the
-/// default 8, up to 32, and never more than half the connection slots left
-/// on either server (the rest is for others).
+/// for two round trips to the source, so on a far source a worker is mostly
+/// waiting: one more worker per 3 ms of round-trip time above the default 8,
+/// up to 32, and never more than half the connection slots left on either
+/// server (the rest is for others). Each worker costs both servers a
+/// session (its start-up and its cold caches, about 20 ms of CPU each on
+/// the benchmark's machine), so no more than the latency needs: at 50 ms,
+/// 24 workers copied faster than 32 (docs/benchmarks.md, WAN).
 pub fn auto_workers(rtt: Duration, free_slots: Option<i64>) -> usize {
-    let wanted = DEFAULT_WORKERS + (rtt.as_secs_f64() * 1000.0 / 2.0) as usize;
+    let wanted = DEFAULT_WORKERS + (rtt.as_secs_f64() * 1000.0 / 3.0) as usize;
     let by_slots = free_slots
         .map(|f| ((f.max(0) / 2) as usize).max(DEFAULT_WORKERS))
         .unwrap_or(DEFAULT_WORKERS);
@@ -570,7 +578,8 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     // Both sides at once: the source may be far away. The near target tells
     // first how much is queued; the first workers' connections are opened
     // then, while the source is still being read (worker::Warm).
-    let ((tgt, warm), (src, source_ext, rtt, src_free)) = tokio::try_join!(
+    let warm = Arc::new(worker::Warm::new(&pool_source, &pool_target));
+    let ((tgt, first), (src, source_ext, rtt, src_free)) = tokio::try_join!(
         async {
             let tgt = cfg.target.connect().await?;
             queue::require(&tgt).await?;
@@ -586,7 +595,8 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
                 .parallelism
                 .unwrap_or(DEFAULT_WORKERS)
                 .min((c.pending + c.failed + again) as usize);
-            Ok::<_, Error>((tgt, worker::Warm::open(&pool_source, &pool_target, first)))
+            warm.open(first);
+            Ok::<_, Error>((tgt, first))
         },
         async {
             // No session settings: the start-up reads need none, and a far
@@ -677,21 +687,29 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         tried: Mutex::new(HashMap::new()),
     });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    // The first workers start at once (with the connections opened ahead);
-    // without --parallelism the pool grows once the round trip to the
-    // source is measured (two more round trips on a far source).
-    let first = cfg
-        .parallelism
-        .unwrap_or(DEFAULT_WORKERS)
-        .min(todo as usize)
-        .max(1);
-    let (grow, more) = tokio::sync::oneshot::channel();
+    // The first workers start at once (with the connections opened ahead).
+    // Without --parallelism, a far source (by the start-up's round trip)
+    // gets more connections opened now, and the pool grows to them; two
+    // more round trips then refine the measure, and the pool may grow more.
+    let first = first.min(todo as usize).max(1);
+    let free = match (src_free, tgt_free) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let early = match cfg.parallelism {
+        None if rtt >= FAR_SOURCE => auto_workers(rtt, free).min(todo as usize).max(first),
+        _ => first,
+    };
+    let opened = warm.opened();
+    warm.open(early.saturating_sub(opened));
+    let (grow, more) = tokio::sync::mpsc::unbounded_channel();
+    let _ = grow.send(early);
     let pool_cfg = PoolConfig {
         workers: first,
         source: pool_source,
         target: pool_target,
         max_attempts: cfg.max_attempts,
-        warm,
+        warm: warm.clone(),
         more: cfg.parallelism.is_none().then_some(more),
     };
     let clock = Instant::now();
@@ -714,12 +732,8 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let (chosen, why) = match cfg.parallelism {
         Some(n) => (n, String::new()),
         None => {
-            let free = match (src_free, tgt_free) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
             let n = auto_workers(rtt, free);
-            let why = if n.min(todo as usize) > DEFAULT_WORKERS {
+            let why = if n.min(todo as usize).max(early) > DEFAULT_WORKERS {
                 format!(
                     " (the source answers in {rtt_ms:.0} ms, so more than the default \
                      {DEFAULT_WORKERS} keep the link busy; --parallelism sets the number)"
@@ -730,8 +744,13 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             (n, why)
         }
     };
-    let workers = chosen.min(todo as usize).max(first);
+    // Connections opened for the early guess are used, not wasted.
+    let workers = chosen.min(todo as usize).max(early);
+    if workers > early {
+        warm.open(workers - early);
+    }
     let _ = grow.send(workers);
+    drop(grow);
     // Printed before any task's line: the workers' events wait in `rx`.
     ui::line(&format!(
         "Copying {} with {} worker(s){why}: ~{} to move (projected from the source's table sizes)",
@@ -1040,12 +1059,14 @@ mod tests {
         let ms = Duration::from_millis;
         assert_eq!(auto_workers(Duration::from_micros(200), None), 8);
         assert_eq!(auto_workers(ms(1), Some(500)), 8);
-        assert_eq!(auto_workers(ms(10), Some(500)), 13);
-        assert_eq!(auto_workers(ms(25), Some(500)), 20);
-        assert_eq!(auto_workers(ms(50), Some(500)), 32);
+        assert_eq!(auto_workers(ms(10), Some(500)), 11);
+        assert_eq!(auto_workers(ms(25), Some(500)), 16);
+        assert_eq!(auto_workers(ms(50), Some(500)), 24);
+        assert_eq!(auto_workers(ms(75), Some(500)), 32);
         assert_eq!(auto_workers(ms(400), Some(500)), 32);
         // half the free slots, but never below the default
         assert_eq!(auto_workers(ms(100), Some(40)), 20);
+        assert_eq!(auto_workers(ms(100), Some(500)), 32);
         assert_eq!(auto_workers(ms(100), Some(6)), 8);
         // unknown slots: no more than the default
         assert_eq!(auto_workers(ms(100), None), 8);

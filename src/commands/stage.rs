@@ -314,37 +314,41 @@ pub async fn run(cfg: StageConfig) -> Result<StageReport> {
         }
     }
 
-    let staged =
-        |t: &NewTask, w: &TaskWindow, widened_chunks: &HashSet<QualifiedName>| -> StagedTask {
-            let target = target_of.get(&t.chunk.chunk);
-            StagedTask {
-                hypertable_schema: t.chunk.hypertable.schema.clone(),
-                hypertable_name: t.chunk.hypertable.name.clone(),
-                cagg_schema: t.chunk.cagg.as_ref().map(|c| c.schema.clone()),
-                cagg_name: t.chunk.cagg.as_ref().map(|c| c.name.clone()),
-                chunk_schema: t.chunk.chunk.schema.clone(),
-                chunk_name: t.chunk.chunk.name.clone(),
-                target_chunk_schema: target.map(|c| c.schema.clone()),
-                target_chunk_name: target.map(|c| c.name.clone()),
-                slices: catalog::slices_json(&t.chunk.slices),
-                time_column: t.chunk.time_column.clone(),
-                time_type: t.time_type.sql().to_string(),
-                range_start: t.chunk.time_start,
-                range_end: t.chunk.time_end,
-                lower_internal: w.lower.as_ref().map(|b| b.internal),
-                lower_literal: w.lower.as_ref().map(|b| b.literal.clone()),
-                upper_internal: w.upper.as_ref().map(|b| b.internal),
-                upper_literal: w.upper.as_ref().map(|b| b.literal.clone()),
-                snapshot: cfg.snapshot.clone(),
-                estimated_bytes: t.chunk.size_bytes,
-                // A widened chunk is re-queued as its one task, part 0.
-                part: if widened_chunks.contains(&t.chunk.chunk) {
-                    0
-                } else {
-                    t.part
-                },
-            }
-        };
+    let staged = |t: &NewTask,
+                  w: &TaskWindow,
+                  widened_chunks: &HashSet<QualifiedName>|
+     -> StagedTask {
+        let target = target_of.get(&t.chunk.chunk);
+        StagedTask {
+            hypertable_schema: t.chunk.hypertable.schema.clone(),
+            hypertable_name: t.chunk.hypertable.name.clone(),
+            cagg_schema: t.chunk.cagg.as_ref().map(|c| c.schema.clone()),
+            cagg_name: t.chunk.cagg.as_ref().map(|c| c.name.clone()),
+            chunk_schema: t.chunk.chunk.schema.clone(),
+            chunk_name: t.chunk.chunk.name.clone(),
+            target_chunk_schema: target.map(|c| c.schema.clone()),
+            target_chunk_name: target.map(|c| c.name.clone()),
+            slices: catalog::slices_json(&t.chunk.slices),
+            time_column: t.chunk.time_column.clone(),
+            time_type: t.time_type.sql().to_string(),
+            range_start: t.chunk.time_start,
+            range_end: t.chunk.time_end,
+            lower_internal: w.lower.as_ref().map(|b| b.internal),
+            lower_literal: w.lower.as_ref().map(|b| b.literal.clone()),
+            upper_internal: w.upper.as_ref().map(|b| b.internal),
+            upper_literal: w.upper.as_ref().map(|b| b.literal.clone()),
+            snapshot: cfg.snapshot.clone(),
+            estimated_bytes: t.chunk.size_bytes,
+            // A widened chunk is re-queued as its one task, part 0.
+            part: if widened_chunks.contains(&t.chunk.chunk) {
+                0
+            } else {
+                t.part
+            },
+            source_compressed_schema: t.chunk.compressed_chunk.as_ref().map(|c| c.schema.clone()),
+            source_compressed_name: t.chunk.compressed_chunk.as_ref().map(|c| c.name.clone()),
+        }
+    };
     // Decided again inside the enqueue transaction, under the queue's
     // transaction-scoped lock: concurrent stages take turns from reading
     // the windows to writing, and none works from windows another changed.

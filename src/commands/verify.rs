@@ -231,14 +231,16 @@ pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> 
         workers
     ));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // A stuck server fails the attempt instead of hanging (db/watch.rs);
+    // a long summary query on a busy server is waited for.
+    let source = cfg.source.watched(crate::db::DEFAULT_STALL_TIMEOUT);
+    let target = cfg.target.watched(crate::db::DEFAULT_STALL_TIMEOUT);
     let pool_cfg = PoolConfig {
         workers,
-        // A stuck server fails the attempt instead of hanging (db/watch.rs);
-        // a long summary query on a busy server is waited for.
-        source: cfg.source.watched(crate::db::DEFAULT_STALL_TIMEOUT),
-        target: cfg.target.watched(crate::db::DEFAULT_STALL_TIMEOUT),
+        warm: Arc::new(worker::Warm::new(&source, &target)),
+        source,
+        target,
         max_attempts: MAX_ATTEMPTS,
-        warm: worker::Warm::default(),
         more: None,
     };
     let clock = Instant::now();

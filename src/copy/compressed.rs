@@ -193,6 +193,16 @@ pub async fn reset_to_empty_compressed(
 /// TimescaleDB marks the target chunk partial as well. When the target
 /// refuses the batches for a data-format reason, the chunk is copied as rows
 /// instead ([`super::fallback`]) and the reason is returned.
+/// The source's compressed relation as guessed before its chunk's state was
+/// read: its columns and the COPY of its batches, read and prepared in the
+/// task's first round trip (see [`super::copy_task`]).
+pub struct Ahead {
+    pub name: QualifiedName,
+    pub cols: Result<Vec<crate::catalog::Column>>,
+    pub prepared: Option<super::Prepared>,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn copy_whole(
     src: &Db,
     tgt: &Db,
@@ -201,6 +211,7 @@ pub async fn copy_whole(
     source: (&QualifiedName, &ChunkState),
     target: (&QualifiedName, &ChunkState),
     quiet: &Suppressed,
+    ahead: Option<Ahead>,
 ) -> Result<(CopyStats, Option<String>)> {
     let (s_chunk, s_state) = source;
     let (t_chunk, t_state) = target;
@@ -214,12 +225,21 @@ pub async fn copy_whole(
     // The target's layout first (near), then the source's and the COPY
     // prepared ahead from it in one round trip (far).
     let t_cols = catalog::relation_columns(tgt, &t_compressed).await?;
-    let guess = super::copy_out_sql(s_compressed, (&t_cols, &t_cols), "ONLY ", None);
-    let (s_cols, prepared) = futures::join!(
-        catalog::relation_columns(src, s_compressed),
-        super::prepare_ahead(src, Some(guess)),
-    );
-    let s_cols = s_cols?;
+    let (s_cols, prepared) = match ahead {
+        // Guessed right: read and prepared in the first round trip.
+        Some(a) if &a.name == s_compressed => (a.cols?, a.prepared),
+        _ => {
+            let guess = super::copy_out_sql(s_compressed, (&t_cols, &t_cols), "ONLY ", None);
+            let (s_cols, prepared) = futures::join!(
+                catalog::relation_columns(src, s_compressed),
+                super::prepare_ahead(src, Some(guess)),
+            );
+            let prepared = prepared
+                .transpose()
+                .map_err(|e| src.error(format!("preparing the COPY of {s_compressed}"), e))?;
+            (s_cols?, prepared)
+        }
+    };
     let diffs = catalog::column_differences(&s_cols, &t_cols);
     if !diffs.is_empty() {
         return Err(Error::Incompatible(format!(
@@ -230,9 +250,6 @@ pub async fn copy_whole(
             diffs.join("; ")
         )));
     }
-    let prepared = prepared
-        .transpose()
-        .map_err(|e| src.error(format!("preparing the COPY of {s_compressed}"), e))?;
     super::fallback::before_batches(tgt).await?;
     let batches = copy_rows(
         ctx,

@@ -86,9 +86,11 @@ pub enum Outcome {
 /// Round trips to the source (which is often far away): one for the
 /// transaction start, the chunk's state, its columns and the COPY statement
 /// prepared ahead (its text built from the target's columns, which must be
-/// the same), then the COPY itself; a compressed chunk needs one more for its
-/// compressed table's columns. The target's reads come first (the target is
-/// near).
+/// the same), then the COPY itself. A compressed chunk's compressed relation
+/// is guessed from the queue (stage saw it), so its columns and COPY are in
+/// the first round trip too; only when that guess is wrong (the chunk was
+/// compressed again, or compressed after stage) does it cost one more. The
+/// target's reads come first (the target is near).
 pub async fn copy_task(
     src: &Db,
     tgt: &Db,
@@ -109,11 +111,35 @@ pub async fn copy_task(
         Some(t_chunk) => Some(target_state(tgt, ctx, t_chunk).await?),
         None => None,
     };
+    // A whole chunk staged compressed, whose target is compressed too: the
+    // source's compressed relation as stage saw it, and the target's
+    // compressed columns (near), for the guess below.
+    let compressed_guess = match (&target, &task.source_compressed, &filter) {
+        (Some((_, t_state, _)), Some(s_compressed), None) => match &t_state.compressed {
+            Some(t_compressed) => Some((
+                s_compressed.clone(),
+                catalog::relation_columns(tgt, t_compressed).await?,
+            )),
+            None => None,
+        },
+        _ => None,
+    };
     // The source rows' COPY, prepared ahead on the guess that the source
     // chunk is not compressed (a whole chunk whose target is compressed was
-    // staged from a compressed one) and has the target's column types.
-    let guess = match &target {
-        Some((_, t_state, tgt_cols)) if filter.is_some() || t_state.compressed.is_none() => {
+    // staged from a compressed one) and has the target's column types; or,
+    // for a chunk staged compressed, its batches' COPY from the compressed
+    // relation stage saw. A COPY's relation is looked up when it runs, not
+    // when it is prepared, so a wrong guess costs nothing but its round trip.
+    let guess = match (&target, &compressed_guess) {
+        (Some(_), Some((s_compressed, t_ccols))) => Some(copy_out_sql(
+            s_compressed,
+            (t_ccols, t_ccols),
+            "ONLY ",
+            None,
+        )),
+        (Some((_, t_state, tgt_cols)), None)
+            if filter.is_some() || t_state.compressed.is_none() =>
+        {
             Some(copy_out_sql(
                 &task.chunk,
                 (tgt_cols, tgt_cols),
@@ -130,12 +156,18 @@ pub async fn copy_task(
         ),
         None => "starting a transaction".to_string(),
     };
-    let (begun, s_state, src_cols, prepared, source_watermark) = futures::join!(
+    let (begun, s_state, src_cols, prepared, source_watermark, guessed_cols) = futures::join!(
         src.batch(src_begin, &begin_what),
         compressed::chunk_state(src, &ctx.source.features, &task.chunk),
         catalog::relation_columns(src, &task.chunk),
         prepare_ahead(src, guess),
         cagg_watermark(src, &task.hypertable),
+        async {
+            match &compressed_guess {
+                Some((s_compressed, _)) => Some(catalog::relation_columns(src, s_compressed).await),
+                None => None,
+            }
+        },
     );
     begun?;
     let source_watermark = source_watermark?;
@@ -229,6 +261,14 @@ pub async fn copy_task(
             (&task.chunk, &s_state),
             (&t_chunk, &t_state),
             &quiet,
+            match (compressed_guess, guessed_cols) {
+                (Some((name, _)), Some(cols)) => Some(compressed::Ahead {
+                    name,
+                    cols,
+                    prepared,
+                }),
+                _ => None,
+            },
         )
         .await
         .map(|(stats, why)| {

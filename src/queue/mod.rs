@@ -120,6 +120,9 @@ pub struct StagedTask {
     pub snapshot: Option<String>,
     pub estimated_bytes: i64,
     pub part: i32,
+    /// The source chunk's compressed relation when stage saw it compressed.
+    pub source_compressed_schema: Option<String>,
+    pub source_compressed_name: Option<String>,
 }
 
 /// The windows of the tasks already in the queue, by source chunk.
@@ -197,6 +200,9 @@ pub struct Task {
     pub estimated_bytes: i64,
     /// 0: the whole chunk (or its bounded range); 1..: a time sub-range of a split chunk.
     pub part: i32,
+    /// The source chunk's compressed relation when stage saw it compressed
+    /// (a guess: the chunk's state at copy time decides).
+    pub source_compressed: Option<QualifiedName>,
 }
 
 impl Task {
@@ -222,6 +228,13 @@ impl Task {
             snapshot: r.get(12),
             estimated_bytes: r.get(13),
             part: r.get(14),
+            source_compressed: match (
+                r.get::<_, Option<String>>(15),
+                r.get::<_, Option<String>>(16),
+            ) {
+                (Some(s), Some(n)) => Some(QualifiedName::new(s, n)),
+                _ => None,
+            },
         })
     }
 

@@ -13,6 +13,10 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../../migrations/0002_task_parts.sql")),
     (3, include_str!("../../migrations/0003_logical_rows.sql")),
     (4, include_str!("../../migrations/0004_correctness.sql")),
+    (
+        5,
+        include_str!("../../migrations/0005_source_compressed.sql"),
+    ),
 ];
 
 // language=PostgreSQL
@@ -58,29 +62,33 @@ INSERT INTO __hyperfill.task (
     chunk_schema, chunk_name, target_chunk_schema, target_chunk_name,
     slices, time_column, time_type, range_start, range_end,
     lower_internal, lower_literal, upper_internal, upper_literal,
-    snapshot, estimated_bytes, part)
+    snapshot, estimated_bytes, part, source_compressed_schema, source_compressed_name)
 SELECT hypertable_schema, hypertable_name, cagg_schema, cagg_name,
        chunk_schema, chunk_name, target_chunk_schema, target_chunk_name,
        slices, time_column, time_type, range_start, range_end,
        lower_internal, lower_literal, upper_internal, upper_literal,
-       snapshot, estimated_bytes, part
+       snapshot, estimated_bytes, part, source_compressed_schema, source_compressed_name
 FROM jsonb_to_recordset($1::jsonb) AS x(
     hypertable_schema text, hypertable_name text, cagg_schema text, cagg_name text,
     chunk_schema text, chunk_name text, target_chunk_schema text, target_chunk_name text,
     slices jsonb, time_column text, time_type text, range_start bigint, range_end bigint,
     lower_internal bigint, lower_literal text, upper_internal bigint, upper_literal text,
-    snapshot text, estimated_bytes bigint, part integer)
+    snapshot text, estimated_bytes bigint, part integer,
+    source_compressed_schema text, source_compressed_name text)
 ON CONFLICT (chunk_schema, chunk_name, part) DO NOTHING
 RETURNING id";
 
 /// $1 = jsonb array of {chunk_schema, chunk_name, lower_*, upper_*, snapshot,
-/// target_chunk_schema, target_chunk_name}: re-queue those tasks with a wider window.
+/// target_chunk_schema, target_chunk_name, source_compressed_*}: re-queue
+/// those tasks with a wider window.
 // language=PostgreSQL
 pub const WIDEN_TASKS: &str = "\
 UPDATE __hyperfill.task t
 SET lower_internal = x.lower_internal, lower_literal = x.lower_literal,
     upper_internal = x.upper_internal, upper_literal = x.upper_literal,
     snapshot = x.snapshot,
+    source_compressed_schema = x.source_compressed_schema,
+    source_compressed_name = x.source_compressed_name,
     target_chunk_schema = coalesce(x.target_chunk_schema, t.target_chunk_schema),
     target_chunk_name = coalesce(x.target_chunk_name, t.target_chunk_name),
     state = CASE WHEN t.state = 'skipped' THEN 'skipped' ELSE 'pending' END,
@@ -89,7 +97,8 @@ SET lower_internal = x.lower_internal, lower_literal = x.lower_literal,
 FROM jsonb_to_recordset($1::jsonb) AS x(
     chunk_schema text, chunk_name text,
     lower_internal bigint, lower_literal text, upper_internal bigint, upper_literal text,
-    snapshot text, target_chunk_schema text, target_chunk_name text)
+    snapshot text, target_chunk_schema text, target_chunk_name text,
+    source_compressed_schema text, source_compressed_name text)
 WHERE t.chunk_schema = x.chunk_schema AND t.chunk_name = x.chunk_name AND t.part = 0";
 
 /// Columns every claim returns, in `Task::from_row` order.
@@ -97,7 +106,8 @@ macro_rules! task_columns {
     () => {
         "id, hypertable_schema, hypertable_name, chunk_schema, chunk_name, \
          target_chunk_schema, target_chunk_name, slices, time_column, time_type, \
-         lower_literal, upper_literal, snapshot, estimated_bytes, part"
+         lower_literal, upper_literal, snapshot, estimated_bytes, part, \
+         source_compressed_schema, source_compressed_name"
     };
 }
 

@@ -264,3 +264,66 @@ async fn compressed_settings_that_differ_are_refused_at_stage_with_the_fix() {
     assert_eq!(db.target_chunk_count().await, 0);
     db.cleanup().await;
 }
+
+/// Per task, oldest first: the source chunk and the compressed relation
+/// stage recorded for it.
+async fn compressed_relations_in_queue(db: &Dbs) -> Vec<(String, Option<String>)> {
+    db.tgt
+        .query(
+            "SELECT chunk_name, source_compressed_name FROM __hyperfill.task ORDER BY range_start",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn compressed_batches_come_from_the_chunks_own_relation_whatever_the_queue_guessed() {
+    let Some(db) = Dbs::licensed("cz_guess").await else {
+        return;
+    };
+    db.both(SCHEMA).await.unwrap();
+    db.src.batch_execute(DATA).await.unwrap();
+    db.src.batch_execute(COMPRESS).await.unwrap();
+    db.stage(&["--until", "2024-01-07"]).await.assert_ok();
+    // Stage recorded the compressed relation of each compressed chunk (days
+    // 1-4), and none for the others.
+    let queued = compressed_relations_in_queue(&db).await;
+    assert_eq!(
+        queued.iter().map(|(_, c)| c.is_some()).collect::<Vec<_>>(),
+        vec![true, true, true, true, false, false],
+        "{queued:?}"
+    );
+    // Wrong guesses: day 1's names day 2's batches (a relation that exists),
+    // day 3's a relation that does not; day 4 is compressed again on the
+    // source (a new relation before 2.29, the same name from 2.29 on).
+    let day2 = queued[1].1.clone().unwrap();
+    db.tgt
+        .execute(
+            "UPDATE __hyperfill.task SET source_compressed_name = $1 WHERE chunk_name = $2",
+            &[&day2, &queued[0].0],
+        )
+        .await
+        .unwrap();
+    db.tgt
+        .execute(
+            "UPDATE __hyperfill.task SET source_compressed_name = 'no_such_relation' WHERE chunk_name = $1",
+            &[&queued[2].0],
+        )
+        .await
+        .unwrap();
+    db.src
+        .batch_execute(
+            "SELECT decompress_chunk(c) FROM show_chunks('cm') c WHERE c IN (SELECT show_chunks('cm', newer_than => '2024-01-04'::timestamptz, older_than => '2024-01-05'::timestamptz));
+             SELECT compress_chunk(c) FROM show_chunks('cm') c WHERE c IN (SELECT show_chunks('cm', newer_than => '2024-01-04'::timestamptz, older_than => '2024-01-05'::timestamptz));",
+        )
+        .await
+        .unwrap();
+    db.copy(&[]).await.assert_ok();
+    assert_same(&db).await;
+    db.verify(&[]).await.assert_ok().assert_contains("6 match");
+    db.cleanup().await;
+}

@@ -309,6 +309,7 @@ async fn stage_upgrades_a_queue_created_by_an_earlier_version() {
              ALTER TABLE __hyperfill.task DROP COLUMN part;
              ALTER TABLE __hyperfill.task DROP COLUMN batches_copied, DROP COLUMN verify_details;
              ALTER TABLE __hyperfill.task DROP COLUMN fallback, DROP COLUMN source_watermark;
+             ALTER TABLE __hyperfill.task DROP COLUMN source_compressed_schema, DROP COLUMN source_compressed_name;
              DROP TABLE __hyperfill.source_hypertable, __hyperfill.cagg_refresh;
              ALTER TABLE __hyperfill.task ADD CONSTRAINT task_chunk_schema_chunk_name_key UNIQUE (chunk_schema, chunk_name);
              DELETE FROM __hyperfill.migration WHERE version > 1;",
@@ -319,7 +320,7 @@ async fn stage_upgrades_a_queue_created_by_an_earlier_version() {
     assert_eq!(
         db.tgt_i64("SELECT max(version)::bigint FROM __hyperfill.migration")
             .await,
-        4
+        5
     );
     assert_eq!(db.tgt_i64("SELECT count(*) FROM __hyperfill.task").await, 8);
     db.copy(&[]).await.assert_ok();
