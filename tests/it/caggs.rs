@@ -88,16 +88,12 @@ async fn unavoidable(c: &tokio_postgres::Client) -> i64 {
 }
 
 async fn watermarks(c: &tokio_postgres::Client) -> Vec<(String, i64)> {
-    c.query(
+    crate::harness::pairs(
+        c,
         "SELECT user_view_name::text, _timescaledb_functions.cagg_watermark(mat_hypertable_id)
          FROM _timescaledb_catalog.continuous_agg ORDER BY 1",
-        &[],
     )
     .await
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect()
 }
 
 #[tokio::test]

@@ -268,16 +268,11 @@ async fn compressed_settings_that_differ_are_refused_at_stage_with_the_fix() {
 /// Per task, oldest first: the source chunk and the compressed relation
 /// stage recorded for it.
 async fn compressed_relations_in_queue(db: &Dbs) -> Vec<(String, Option<String>)> {
-    db.tgt
-        .query(
-            "SELECT chunk_name, source_compressed_name FROM __hyperfill.task ORDER BY range_start",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    crate::harness::pairs(
+        &db.tgt,
+        "SELECT chunk_name, source_compressed_name FROM __hyperfill.task ORDER BY range_start",
+    )
+    .await
 }
 
 #[tokio::test]

@@ -449,6 +449,20 @@ pub async fn scalar(c: &Client, sql: &str) -> i64 {
     row.get::<_, i64>(0)
 }
 
+/// The first two columns of every row of `sql`.
+pub async fn pairs<A, B>(c: &Client, sql: &str) -> Vec<(A, B)>
+where
+    A: for<'a> tokio_postgres::types::FromSql<'a>,
+    B: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    c.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 /// The built binary.
 pub fn bin() -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_hyperfill"));
