@@ -442,11 +442,11 @@ impl Job for CopyJob {
 const DEFAULT_WORKERS: usize = 8;
 /// At most this many workers are chosen for a far source.
 const MAX_AUTO_WORKERS: usize = 32;
-/// A start-up round trip this long means a far source for sure (a busy
-/// near server does not answer its first statement this slowly): more
-/// workers' connections are opened at once, before the round trip is
-/// measured again.
-const FAR_SOURCE: Duration = Duration::from_millis(10);
+/// A start-up round trip this long suggests a far source: the connections
+/// of more workers start opening at once (each takes five round trips or
+/// so), while the round trip is measured again; the pool grows to what that
+/// measure decides.
+const FAR_SOURCE: Duration = Duration::from_millis(20);
 
 /// Source and target. Connection slots left for clients that are not
 /// superusers.
@@ -689,21 +689,24 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // The first workers start at once (with the connections opened ahead).
     // Without --parallelism, a far source (by the start-up's round trip)
-    // gets more connections opened now, and the pool grows to them; two
-    // more round trips then refine the measure, and the pool may grow more.
+    // gets more connections opening now; two more round trips measure the
+    // round trip, and the pool grows to the number that measure gives.
     let first = first.min(todo as usize).max(1);
     let free = match (src_free, tgt_free) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
     let early = match cfg.parallelism {
-        None if rtt >= FAR_SOURCE => auto_workers(rtt, free).min(todo as usize).max(first),
+        // The first statement of a session also pays for the server's cold
+        // caches (10 to 20 ms on a busy machine): not counted in the guess.
+        None if rtt >= FAR_SOURCE => auto_workers(rtt - FAR_SOURCE, free)
+            .min(todo as usize)
+            .max(first),
         _ => first,
     };
     let opened = warm.opened();
     warm.open(early.saturating_sub(opened));
     let (grow, more) = tokio::sync::mpsc::unbounded_channel();
-    let _ = grow.send(early);
     let pool_cfg = PoolConfig {
         workers: first,
         source: pool_source,
@@ -733,7 +736,7 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         Some(n) => (n, String::new()),
         None => {
             let n = auto_workers(rtt, free);
-            let why = if n.min(todo as usize).max(early) > DEFAULT_WORKERS {
+            let why = if n.min(todo as usize) > DEFAULT_WORKERS {
                 format!(
                     " (the source answers in {rtt_ms:.0} ms, so more than the default \
                      {DEFAULT_WORKERS} keep the link busy; --parallelism sets the number)"
@@ -744,8 +747,9 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             (n, why)
         }
     };
-    // Connections opened for the early guess are used, not wasted.
-    let workers = chosen.min(todo as usize).max(early);
+    // The measure decides, not the early guess: connections opened for a
+    // guess that was too high stay unused until the pool ends.
+    let workers = chosen.min(todo as usize).max(first);
     if workers > early {
         warm.open(workers - early);
     }
