@@ -459,14 +459,14 @@ SELECT current_setting('max_connections')::int
 
 /// The number of workers when `--parallelism` is not given. Each task waits
 /// for two round trips to the source, so on a far source a worker is mostly
-/// waiting: one more worker per 3 ms of round-trip time above the default 8,
+/// waiting: one more worker per 2 ms of round-trip time above the default 8,
 /// up to 32, and never more than half the connection slots left on either
-/// server (the rest is for others). Each worker costs both servers a
-/// session (its start-up and its cold caches, about 20 ms of CPU each on
-/// the benchmark's machine), so no more than the latency needs: at 50 ms,
-/// 24 workers copied faster than 32 (docs/benchmarks.md, WAN).
+/// server (the rest is for others). (One per 3 ms was tried: on the
+/// benchmark's two cores it saved 5 % on 180 larger chunks at 50 ms, where
+/// each worker's session costs the servers CPU, and cost 12 % on 2,160 small
+/// ones, where the latency is all; docs/benchmarks.md, WAN.)
 pub fn auto_workers(rtt: Duration, free_slots: Option<i64>) -> usize {
-    let wanted = DEFAULT_WORKERS + (rtt.as_secs_f64() * 1000.0 / 3.0) as usize;
+    let wanted = DEFAULT_WORKERS + (rtt.as_secs_f64() * 1000.0 / 2.0) as usize;
     let by_slots = free_slots
         .map(|f| ((f.max(0) / 2) as usize).max(DEFAULT_WORKERS))
         .unwrap_or(DEFAULT_WORKERS);
@@ -1063,10 +1063,9 @@ mod tests {
         let ms = Duration::from_millis;
         assert_eq!(auto_workers(Duration::from_micros(200), None), 8);
         assert_eq!(auto_workers(ms(1), Some(500)), 8);
-        assert_eq!(auto_workers(ms(10), Some(500)), 11);
-        assert_eq!(auto_workers(ms(25), Some(500)), 16);
-        assert_eq!(auto_workers(ms(50), Some(500)), 24);
-        assert_eq!(auto_workers(ms(75), Some(500)), 32);
+        assert_eq!(auto_workers(ms(10), Some(500)), 13);
+        assert_eq!(auto_workers(ms(25), Some(500)), 20);
+        assert_eq!(auto_workers(ms(50), Some(500)), 32);
         assert_eq!(auto_workers(ms(400), Some(500)), 32);
         // half the free slots, but never below the default
         assert_eq!(auto_workers(ms(100), Some(40)), 20);
