@@ -270,7 +270,7 @@ pub struct CopyArgs {
 
     /// Number of workers; each holds one source and one target connection,
     /// so this also caps the concurrent queries on the source. Default: 8,
-    /// or more (up to 32) when the source is far: one more per 2 ms of
+    /// or more (up to 48) when the source is far (5 ms or more): one more per 2 ms of
     /// round-trip time, measured at start, within half the free connection
     /// slots of either server
     #[arg(short = 'p', long, value_parser = clap::value_parser!(u16).range(1..=512))]

@@ -441,7 +441,11 @@ impl Job for CopyJob {
 /// Workers on a near source, when `--parallelism` is not given.
 const DEFAULT_WORKERS: usize = 8;
 /// At most this many workers are chosen for a far source.
-const MAX_AUTO_WORKERS: usize = 32;
+const MAX_AUTO_WORKERS: usize = 48;
+/// A round trip shorter than this is a near source: the default workers.
+/// (A busy machine answers a trivial statement on a LAN in 2 to 4 ms now and
+/// then; that is not latency worth more sessions on the source.)
+const NEAR_SOURCE: Duration = Duration::from_millis(5);
 /// A start-up round trip this long suggests a far source: the connections
 /// of more workers start opening at once (each takes five round trips or
 /// so), while the round trip is measured again; the pool grows to what that
@@ -459,13 +463,16 @@ SELECT current_setting('max_connections')::int
 
 /// The number of workers when `--parallelism` is not given. Each task waits
 /// for two round trips to the source, so on a far source a worker is mostly
-/// waiting: one more worker per 2 ms of round-trip time above the default 8,
-/// up to 32, and never more than half the connection slots left on either
+/// waiting: from 5 ms of round-trip time, one more worker per 2 ms above the
+/// default 8, up to 48, and never more than half the connection slots left on either
 /// server (the rest is for others). (One per 3 ms was tried: on the
 /// benchmark's two cores it saved 5 % on 180 larger chunks at 50 ms, where
 /// each worker's session costs the servers CPU, and cost 12 % on 2,160 small
 /// ones, where the latency is all; docs/benchmarks.md, WAN.)
 pub fn auto_workers(rtt: Duration, free_slots: Option<i64>) -> usize {
+    if rtt < NEAR_SOURCE {
+        return DEFAULT_WORKERS;
+    }
     let wanted = DEFAULT_WORKERS + (rtt.as_secs_f64() * 1000.0 / 2.0) as usize;
     let by_slots = free_slots
         .map(|f| ((f.max(0) / 2) as usize).max(DEFAULT_WORKERS))
@@ -476,16 +483,34 @@ pub fn auto_workers(rtt: Duration, free_slots: Option<i64>) -> usize {
 /// Round-trip time to the source: the shortest of `first` (the start-up's
 /// catalog read) and two trivial statements on a connection that has already
 /// run one (so no first-query start-up is counted, and one slow answer from
-/// a busy machine does not count either).
-async fn round_trip(src: &Db, first: Duration) -> Result<Duration> {
-    let mut best = first;
-    for _ in 0..2 {
+/// a busy machine does not count either). Each of the two goes together
+/// with the same trivial statement to the near target: they run while the
+/// first workers copy, and on a busy machine (two cores, eight workers and
+/// both servers) any answer can wait 5 to 15 ms for a CPU. When the source
+/// took less than [`NEAR_SOURCE`] more than the target, it is near, and that
+/// difference is its round trip; otherwise the source's own time is (the
+/// difference would count the target's wait against a far source twice).
+async fn round_trip(src: &Db, near: &Db, first: Duration) -> Result<Duration> {
+    async fn timed(db: &Db, what: &str) -> Result<Duration> {
         let t0 = Instant::now();
-        src.batch("", "measuring the round trip to the source")
-            .await?;
-        best = best.min(t0.elapsed());
+        db.batch("", what).await?;
+        Ok(t0.elapsed())
     }
-    Ok(best)
+    let (mut best, mut beyond_near) = (first, first);
+    for _ in 0..2 {
+        let (far, here) = tokio::join!(
+            timed(src, "measuring the round trip to the source"),
+            timed(near, "measuring the round trip to the target"),
+        );
+        let far = far?;
+        best = best.min(far);
+        beyond_near = beyond_near.min(far.saturating_sub(here?));
+    }
+    Ok(if beyond_near < NEAR_SOURCE {
+        beyond_near
+    } else {
+        best
+    })
 }
 
 async fn free_slots(db: &Db) -> Option<i64> {
@@ -678,7 +703,8 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
             .collect(),
         finished: 0,
     };
-    drop(tgt);
+    // Kept until the round trip is measured: the near side's answer time.
+    let near = tgt;
 
     let job = Arc::new(CopyJob {
         ctx,
@@ -723,13 +749,14 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
         Some(_) => rtt,
         // Not worth failing for: the first sample stands in (the source's
         // connection is not watched for stalls, hence the limit).
-        None => tokio::time::timeout(Duration::from_secs(10), round_trip(&src, rtt))
+        None => tokio::time::timeout(Duration::from_secs(10), round_trip(&src, &near, rtt))
             .await
             .ok()
             .and_then(|r| r.ok())
             .unwrap_or(rtt),
     };
     drop(src);
+    drop(near);
     let rtt_ms = rtt.as_secs_f64() * 1000.0;
     tracing::info!(rtt_ms, "round trip to the source");
     let (chosen, why) = match cfg.parallelism {
@@ -1063,13 +1090,16 @@ mod tests {
         let ms = Duration::from_millis;
         assert_eq!(auto_workers(Duration::from_micros(200), None), 8);
         assert_eq!(auto_workers(ms(1), Some(500)), 8);
+        // a busy LAN's few milliseconds are not a far source
+        assert_eq!(auto_workers(ms(4), Some(500)), 8);
+        assert_eq!(auto_workers(ms(5), Some(500)), 10);
         assert_eq!(auto_workers(ms(10), Some(500)), 13);
         assert_eq!(auto_workers(ms(25), Some(500)), 20);
-        assert_eq!(auto_workers(ms(50), Some(500)), 32);
-        assert_eq!(auto_workers(ms(400), Some(500)), 32);
+        assert_eq!(auto_workers(ms(50), Some(500)), 33);
+        assert_eq!(auto_workers(ms(400), Some(500)), 48);
         // half the free slots, but never below the default
         assert_eq!(auto_workers(ms(100), Some(40)), 20);
-        assert_eq!(auto_workers(ms(100), Some(500)), 32);
+        assert_eq!(auto_workers(ms(100), Some(500)), 48);
         assert_eq!(auto_workers(ms(100), Some(6)), 8);
         // unknown slots: no more than the default
         assert_eq!(auto_workers(ms(100), None), 8);

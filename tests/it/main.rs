@@ -23,3 +23,4 @@ mod stage;
 mod statements;
 mod tls;
 mod triggers;
+mod wan;
