@@ -103,29 +103,38 @@ def workers_from_log(path):
 def run_wan(runner, args, scenario, src_db, tgt_db, facts, results, rep):
     """One repetition of the WAN cells of a scenario; appends to results."""
     host, port = host_port(runner.src.url(src_db))
+    # timescaledb-backfill too when given (P "auto" is its own default), in
+    # the opposite order every other repetition (see bench.py).
+    tools = [("hyperfill", args.hyperfill_bin)]
+    if args.backfill_bin:
+        tools.append(("backfill", args.backfill_bin))
+    if rep % 2 == 0:
+        tools.reverse()
     for p in args.wan_parallelism.split(","):
         p = p.strip()
         for rtt in [None] + [float(x) for x in args.wan_rtt.split(",")]:
             label = "lan" if rtt is None else f"wan{rtt:g}"
-            if rtt is None:
-                r = runner.tool_run("hyperfill", args.hyperfill_bin, scenario, src_db, tgt_db, p, rep,
-                                    tag_extra=label)
-                stats = None
-            else:
-                with Proxy(f"{host}:{port}", rtt) as proxy:
-                    url = with_port(runner.src.url(src_db), proxy.port)
-                    r = runner.tool_run("hyperfill", args.hyperfill_bin, scenario, src_db, tgt_db, p, rep,
-                                        source_url=url, tag_extra=label)
-                stats = proxy.stats
-            runner.check_target(facts["rows"], tgt_db, f"{scenario} hyperfill P={p} {label}")
-            r.update(wan=True, rtt_ms=rtt, proxy=stats,
-                     workers=workers_from_log(r.get("copy_log", "")))
-            results.append(r)
-            trips = ""
-            if stats and r.get("tasks"):
-                trips = f", {stats['round_trips'] / r['tasks']:.2f} source round trips/task"
-            log(f"{scenario} P={p} {label}: {r['wall_s']:.2f}s wall, {r.get('workers')} workers, "
-                f"{r['client_rss_kib'] / 1024:.1f} MiB peak RSS{trips}")
+            for tool, binary in tools:
+                if rtt is None:
+                    r = runner.tool_run(tool, binary, scenario, src_db, tgt_db, p, rep, tag_extra=label)
+                    stats = None
+                else:
+                    with Proxy(f"{host}:{port}", rtt) as proxy:
+                        url = with_port(runner.src.url(src_db), proxy.port)
+                        r = runner.tool_run(tool, binary, scenario, src_db, tgt_db, p, rep,
+                                            source_url=url, tag_extra=label)
+                    stats = proxy.stats
+                runner.check_target(facts["rows"], tgt_db, f"{scenario} {tool} P={p} {label}")
+                # timescaledb-backfill's queue is not read: one task per chunk.
+                r.setdefault("tasks", facts["chunks"])
+                r.update(wan=True, rtt_ms=rtt, proxy=stats,
+                         workers=workers_from_log(r.get("copy_log", "")) if tool == "hyperfill" else None)
+                results.append(r)
+                trips = ""
+                if stats and r.get("tasks"):
+                    trips = f", {stats['round_trips'] / r['tasks']:.2f} source round trips/task"
+                log(f"{scenario} {tool} P={p} {label}: {r['wall_s']:.2f}s wall, {r.get('workers')} workers, "
+                    f"{r['client_rss_kib'] / 1024:.1f} MiB peak RSS{trips}")
 
 
 def wan_table(results):
@@ -134,19 +143,26 @@ def wan_table(results):
     for r in results:
         if not r.get("wan"):
             continue
-        cells.setdefault((r["scenario"], str(r["p"]), r["rtt_ms"]), []).append(r)
+        cells.setdefault((r["scenario"], r["tool"], str(r["p"]), r["rtt_ms"]), []).append(r)
 
     def med(xs):
         xs = sorted(x for x in xs if x is not None)
         return None if not xs else xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
-    lines = ["| scenario | P | source RTT | wall s | WAN / LAN | workers | source round trips / task | "
-             "source connections | peak RSS MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    keys = sorted(cells, key=lambda k: (k[0], k[1], -1 if k[2] is None else k[2]))
-    for sc, p, rtt in keys:
-        rs = cells[(sc, p, rtt)]
-        lan = cells.get((sc, p, None), [])
+    lines = ["| scenario | tool | P | source RTT | wall s | WAN / LAN | workers | source round trips / task | "
+             "source connections | peak RSS MiB | backfill / hyperfill |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    keys = sorted(cells, key=lambda k: (k[0], k[1] != "hyperfill", k[1], k[2], -1 if k[3] is None else k[3]))
+    for sc, tool, p, rtt in keys:
+        rs = cells[(sc, tool, p, rtt)]
+        lan = cells.get((sc, tool, p, None), [])
+        # against hyperfill in the same cell, per repetition
+        versus = []
+        if tool == "backfill":
+            for r in rs:
+                hf = [h for h in cells.get((sc, "hyperfill", p, rtt), []) if h["rep"] == r["rep"]]
+                if hf:
+                    versus.append(r["wall_s"] / hf[0]["wall_s"])
         # ratio per repetition (same run), then the median
         ratios = []
         for r in rs:
@@ -159,8 +175,10 @@ def wan_table(results):
         conns = med([r["proxy"]["connections"] for r in rs if r.get("proxy")])
         rss = max(r["client_rss_kib"] for r in rs) / 1024
         workers = med([r.get("workers") for r in rs])
+        vs = med(versus)
         lines.append(
-            f"| {sc} | {p} | {'LAN' if rtt is None else f'{rtt:g} ms'} | {wall:.2f} | "
+            f"| {sc} | {tool} | {p} | {'LAN' if rtt is None else f'{rtt:g} ms'} | {wall:.2f} | "
             f"{'' if ratio is None else f'**{ratio:.2f}**'} | {'' if workers is None else f'{workers:g}'} | "
-            f"{'' if trips is None else f'{trips:.2f}'} | {'' if conns is None else f'{conns:g}'} | {rss:.1f} |")
+            f"{'' if trips is None else f'{trips:.2f}'} | {'' if conns is None else f'{conns:g}'} | {rss:.1f} | "
+            f"{'' if vs is None else f'{vs:.2f}'} |")
     return "\n".join(lines) if len(lines) > 2 else ""
