@@ -57,7 +57,14 @@ fn main() -> ExitCode {
     let finishes_in_flight = matches!(cli.command, Command::Copy(_) | Command::Verify(_));
     let code = runtime.block_on(async {
         let shutdown = Shutdown::default();
-        tokio::spawn(watch_signals(shutdown.clone(), finishes_in_flight));
+        // Listening before anything else runs, for the whole run: a signal
+        // that arrives while no listener exists is lost (a second press
+        // 200 ms after the first, on a busy machine, once was).
+        tokio::spawn(watch_signals(
+            Signals::new(),
+            shutdown.clone(),
+            finishes_in_flight,
+        ));
         let run = hyperfill::run(cli, shutdown.clone());
         tokio::pin!(run);
         let finished = tokio::select! {
@@ -160,10 +167,13 @@ fn init_logging(format: LogFormat) {
 
 /// First ctrl-c (or SIGTERM): `copy` and `verify` finish their in-flight
 /// chunks and stop; other commands stop at once. Second: stop at once.
-async fn watch_signals(shutdown: Shutdown, finishes_in_flight: bool) {
+async fn watch_signals(signals: Option<Signals>, shutdown: Shutdown, finishes_in_flight: bool) {
+    let Some(mut signals) = signals else {
+        return;
+    };
     let mut first = true;
     loop {
-        if !next_signal().await {
+        if !signals.next().await {
             return;
         }
         if first {
@@ -192,22 +202,42 @@ async fn watch_signals(shutdown: Shutdown, finishes_in_flight: bool) {
     }
 }
 
+/// SIGINT and SIGTERM, listened to for the whole run.
 #[cfg(unix)]
-async fn next_signal() -> bool {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return false;
-    };
-    tokio::select! {
-        _ = int.recv() => true,
-        _ = term.recv() => true,
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn new() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Signals {
+            int: signal(SignalKind::interrupt()).ok()?,
+            term: signal(SignalKind::terminate()).ok()?,
+        })
+    }
+
+    /// The next signal; false when none can come any more.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            s = self.int.recv() => s.is_some(),
+            s = self.term.recv() => s.is_some(),
+        }
     }
 }
 
 #[cfg(not(unix))]
-async fn next_signal() -> bool {
-    tokio::signal::ctrl_c().await.is_ok()
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn new() -> Option<Signals> {
+        Some(Signals)
+    }
+
+    async fn next(&mut self) -> bool {
+        tokio::signal::ctrl_c().await.is_ok()
+    }
 }
