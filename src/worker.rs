@@ -108,6 +108,40 @@ pub trait Job: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Self::Event>>;
 }
 
+/// Implements [`Job`] for `$job` by boxing its inherent
+/// `async fn step_inner(&self, &Conns)` and
+/// `async fn failed_inner(&self, &Conns, i64, &Error)`.
+macro_rules! job_from_inherent {
+    ($job:ty, $event:ty) => {
+        impl $crate::worker::Job for $job {
+            type Event = $event;
+
+            fn step<'a>(
+                &'a self,
+                c: &'a $crate::worker::Conns,
+            ) -> futures::future::BoxFuture<
+                'a,
+                std::result::Result<
+                    $crate::worker::Step<$event>,
+                    $crate::worker::StepError<$event>,
+                >,
+            > {
+                futures::FutureExt::boxed(self.step_inner(c))
+            }
+
+            fn failed<'a>(
+                &'a self,
+                c: &'a $crate::worker::Conns,
+                task: i64,
+                error: &'a $crate::error::Error,
+            ) -> futures::future::BoxFuture<'a, $crate::error::Result<$event>> {
+                futures::FutureExt::boxed(self.failed_inner(c, task, error))
+            }
+        }
+    };
+}
+pub(crate) use job_from_inherent;
+
 /// Pool settings.
 pub struct PoolConfig {
     pub workers: usize,

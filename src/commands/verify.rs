@@ -4,9 +4,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures::future::BoxFuture;
-use futures::FutureExt;
-
 use crate::catalog;
 use crate::commands::copy::begin_source;
 use crate::db::ConnInfo;
@@ -14,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::queue::{self, VerifyState};
 use crate::ui;
 use crate::verify::{self, Mismatch, Outcome};
-use crate::worker::{self, Conns, Job, PoolConfig, Shutdown, Step, StepError};
+use crate::worker::{self, Conns, PoolConfig, Shutdown, Step, StepError};
 
 pub struct VerifyConfig {
     pub source: ConnInfo,
@@ -178,22 +175,7 @@ impl VerifyJob {
 
 const MAX_ATTEMPTS: u32 = 5;
 
-impl Job for VerifyJob {
-    type Event = Event;
-
-    fn step<'a>(&'a self, c: &'a Conns) -> BoxFuture<'a, Result<Step<Event>, StepError<Event>>> {
-        self.step_inner(c).boxed()
-    }
-
-    fn failed<'a>(
-        &'a self,
-        c: &'a Conns,
-        task: i64,
-        error: &'a Error,
-    ) -> BoxFuture<'a, Result<Event>> {
-        self.failed_inner(c, task, error).boxed()
-    }
-}
+worker::job_from_inherent!(VerifyJob, Event);
 
 pub async fn run(cfg: VerifyConfig, shutdown: Shutdown) -> Result<VerifyReport> {
     let tgt = cfg.target.connect().await?;
