@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::catalog;
@@ -291,12 +291,7 @@ pub async fn run(cfg: CopyConfig, shutdown: Shutdown) -> Result<CopyReport> {
     // Kept until the round trip is measured: the near side's answer time.
     let near = tgt;
 
-    let job = Arc::new(CopyJob {
-        ctx,
-        max_attempts: cfg.max_attempts,
-        analyze: cfg.analyze,
-        tried: Mutex::new(HashMap::new()),
-    });
+    let job = Arc::new(CopyJob::new(ctx, cfg.max_attempts, cfg.analyze));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // The first workers start at once (with the connections opened ahead).
     // Without --parallelism, a far source (by the start-up's round trip)

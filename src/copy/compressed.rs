@@ -187,21 +187,23 @@ pub async fn reset_to_empty_compressed(
     }
 }
 
+/// The source's compressed relation as guessed before its chunk's state was
+/// read: its columns and the COPY of its batches, read and prepared in the
+/// task's first round trip (see [`super::copy_task`]), and the target's
+/// compressed relation with the columns the guess was built from.
+pub struct Ahead {
+    pub name: QualifiedName,
+    pub cols: Result<Vec<crate::catalog::Column>>,
+    pub prepared: Option<super::Prepared>,
+    pub target: (QualifiedName, Vec<crate::catalog::Column>),
+}
+
 /// Copy a whole compressed source chunk: its batches as they are into the
 /// target's compressed chunk, then the rows a partially compressed source
 /// chunk holds outside its batches, through the hypertable so that
 /// TimescaleDB marks the target chunk partial as well. When the target
 /// refuses the batches for a data-format reason, the chunk is copied as rows
 /// instead ([`super::fallback`]) and the reason is returned.
-/// The source's compressed relation as guessed before its chunk's state was
-/// read: its columns and the COPY of its batches, read and prepared in the
-/// task's first round trip (see [`super::copy_task`]).
-pub struct Ahead {
-    pub name: QualifiedName,
-    pub cols: Result<Vec<crate::catalog::Column>>,
-    pub prepared: Option<super::Prepared>,
-}
-
 #[allow(clippy::too_many_arguments)]
 pub async fn copy_whole(
     src: &Db,
@@ -222,12 +224,24 @@ pub async fn copy_whole(
     };
     let t_compressed = reset_to_empty_compressed(tgt, ctx, t_chunk, t_state, quiet).await?;
 
-    // The target's layout first (near), then the source's and the COPY
-    // prepared ahead from it in one round trip (far).
-    let t_cols = catalog::relation_columns(tgt, &t_compressed).await?;
+    // The target's layout first (near; already read for the guess when the
+    // reset kept the same compressed relation), then the source's and the
+    // COPY prepared ahead from it in one round trip (far).
+    let (t_cols, ahead) = match ahead {
+        Some(Ahead {
+            name,
+            cols,
+            prepared,
+            target: (read, t_cols),
+        }) if read == t_compressed => (t_cols, Some((name, cols, prepared))),
+        other => (
+            catalog::relation_columns(tgt, &t_compressed).await?,
+            other.map(|a| (a.name, a.cols, a.prepared)),
+        ),
+    };
     let (s_cols, prepared) = match ahead {
         // Guessed right: read and prepared in the first round trip.
-        Some(a) if &a.name == s_compressed => (a.cols?, a.prepared),
+        Some((name, cols, prepared)) if &name == s_compressed => (cols?, prepared),
         _ => {
             let guess = super::copy_out_sql(s_compressed, (&t_cols, &t_cols), "ONLY ", None);
             let (s_cols, prepared) = futures::join!(

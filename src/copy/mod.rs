@@ -118,6 +118,7 @@ pub async fn copy_task(
         (Some((_, t_state, _)), Some(s_compressed), None) => match &t_state.compressed {
             Some(t_compressed) => Some((
                 s_compressed.clone(),
+                t_compressed.clone(),
                 catalog::relation_columns(tgt, t_compressed).await?,
             )),
             None => None,
@@ -131,7 +132,7 @@ pub async fn copy_task(
     // relation stage saw. A COPY's relation is looked up when it runs, not
     // when it is prepared, so a wrong guess costs nothing but its round trip.
     let guess = match (&target, &compressed_guess) {
-        (Some(_), Some((s_compressed, t_ccols))) => Some(copy_out_sql(
+        (Some(_), Some((s_compressed, _, t_ccols))) => Some(copy_out_sql(
             s_compressed,
             (t_ccols, t_ccols),
             "ONLY ",
@@ -164,7 +165,9 @@ pub async fn copy_task(
         cagg_watermark(src, &task.hypertable),
         async {
             match &compressed_guess {
-                Some((s_compressed, _)) => Some(catalog::relation_columns(src, s_compressed).await),
+                Some((s_compressed, _, _)) => {
+                    Some(catalog::relation_columns(src, s_compressed).await)
+                }
                 None => None,
             }
         },
@@ -262,10 +265,11 @@ pub async fn copy_task(
             (&t_chunk, &t_state),
             &quiet,
             match (compressed_guess, guessed_cols) {
-                (Some((name, _)), Some(cols)) => Some(compressed::Ahead {
+                (Some((name, t_compressed, t_cols)), Some(cols)) => Some(compressed::Ahead {
                     name,
                     cols,
                     prepared,
+                    target: (t_compressed, t_cols),
                 }),
                 _ => None,
             },

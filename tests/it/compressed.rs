@@ -109,6 +109,16 @@ async fn assert_same(db: &Dbs) {
     }
 }
 
+/// Licensed databases with `SCHEMA` on both sides and the source's `DATA`
+/// compressed as `COMPRESS` says (`None`: skipped, loudly).
+async fn compressed_on_the_source(name: &str) -> Option<Dbs> {
+    let db = Dbs::licensed(name).await?;
+    db.both(SCHEMA).await.unwrap();
+    db.src.batch_execute(DATA).await.unwrap();
+    db.src.batch_execute(COMPRESS).await.unwrap();
+    Some(db)
+}
+
 #[tokio::test]
 async fn compressed_chunks_restored_by_pg_dump_get_the_batches_and_status() {
     let Some(db) = Dbs::licensed("cz_pg_dump").await else {
@@ -131,12 +141,9 @@ async fn compressed_chunks_restored_by_pg_dump_get_the_batches_and_status() {
 
 #[tokio::test]
 async fn compressed_on_the_source_only_creates_compressed_target_chunks_at_stage() {
-    let Some(db) = Dbs::licensed("cz_source_only").await else {
+    let Some(db) = compressed_on_the_source("cz_source_only").await else {
         return;
     };
-    db.both(SCHEMA).await.unwrap();
-    db.src.batch_execute(DATA).await.unwrap();
-    db.src.batch_execute(COMPRESS).await.unwrap();
     db.stage(&["--until", "2024-01-07"]).await.assert_ok();
     // Stage created the target chunks, the compressed ones compressed (empty).
     assert_eq!(statuses(&db.tgt).await, vec![1, 1, 1, 1, 0, 0]);
@@ -173,12 +180,9 @@ async fn compressed_or_decompressed_on_the_source_after_the_target_was_restored(
 
 #[tokio::test]
 async fn compressed_until_inside_a_compressed_chunk_keeps_dual_writes_and_compression() {
-    let Some(db) = Dbs::licensed("cz_until_inside").await else {
+    let Some(db) = compressed_on_the_source("cz_until_inside").await else {
         return;
     };
-    db.both(SCHEMA).await.unwrap();
-    db.src.batch_execute(DATA).await.unwrap();
-    db.src.batch_execute(COMPRESS).await.unwrap();
     // Dual-writes from T = 2024-01-03 12:00 on, also compressed on the target.
     db.tgt
         .batch_execute(
@@ -216,12 +220,9 @@ async fn compressed_until_inside_a_compressed_chunk_keeps_dual_writes_and_compre
 
 #[tokio::test]
 async fn compressed_rerun_into_chunks_that_already_hold_batches_never_duplicates() {
-    let Some(db) = Dbs::licensed("cz_rerun").await else {
+    let Some(db) = compressed_on_the_source("cz_rerun").await else {
         return;
     };
-    db.both(SCHEMA).await.unwrap();
-    db.src.batch_execute(DATA).await.unwrap();
-    db.src.batch_execute(COMPRESS).await.unwrap();
     // The target already holds data for these chunks, compressed there.
     db.tgt.batch_execute(DATA).await.unwrap();
     db.tgt
@@ -277,12 +278,9 @@ async fn compressed_relations_in_queue(db: &Dbs) -> Vec<(String, Option<String>)
 
 #[tokio::test]
 async fn compressed_batches_come_from_the_chunks_own_relation_whatever_the_queue_guessed() {
-    let Some(db) = Dbs::licensed("cz_guess").await else {
+    let Some(db) = compressed_on_the_source("cz_guess").await else {
         return;
     };
-    db.both(SCHEMA).await.unwrap();
-    db.src.batch_execute(DATA).await.unwrap();
-    db.src.batch_execute(COMPRESS).await.unwrap();
     db.stage(&["--until", "2024-01-07"]).await.assert_ok();
     // Stage recorded the compressed relation of each compressed chunk (days
     // 1-4), and none for the others.

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::harness::spawned::{copy_command, Started};
-use crate::harness::{bin, Dbs, Run};
+use crate::harness::{bin, port_of, with_port, Dbs, Run};
 
 /// A TCP server that accepts every connection and never writes a byte (nor
 /// closes). Returns its port; it lives as long as the test's runtime.
@@ -253,16 +253,8 @@ async fn copy_through_a_connection_that_freezes_mid_copy_fails_the_attempt_and_r
         .await
         .unwrap();
     db.stage(&["--until", "2024-02-01"]).await.assert_ok();
-    let port: u16 = db
-        .source_url
-        .rsplit_once(':')
-        .and_then(|(_, rest)| rest.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .expect("source port");
-    let proxy = FreezingProxy::start(port, 2_000_000).await;
-    let via_proxy = db
-        .source_url
-        .replacen(&format!(":{port}/"), &format!(":{}/", proxy.port), 1);
+    let proxy = FreezingProxy::start(port_of(&db.source_url), 2_000_000).await;
+    let via_proxy = with_port(&db.source_url, proxy.port);
     let started = Instant::now();
     let r = db
         .run(&[

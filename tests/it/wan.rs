@@ -8,7 +8,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::harness::{fingerprint, Dbs};
+use crate::harness::{fingerprint, port_of, with_port, Dbs};
 use crate::stage::{METRICS, METRICS_DATA};
 
 /// Listens on a free loopback port and forwards every connection to
@@ -62,31 +62,6 @@ async fn delayed(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duratio
     let _ = writer.await;
 }
 
-/// `url` with its port replaced (`postgres://u@host:PORT/db?...`).
-fn with_port(url: &str, port: u16) -> String {
-    let at = url
-        .find('@')
-        .map(|i| i + 1)
-        .unwrap_or(url.find("://").expect("a URL") + 3);
-    let rest = &url[at..];
-    let host_end = rest.find([':', '/', '?']).unwrap_or(rest.len());
-    let after_port = rest[host_end..]
-        .strip_prefix(':')
-        .map(|p| {
-            let digits = p.find(|c: char| !c.is_ascii_digit()).unwrap_or(p.len());
-            &p[digits..]
-        })
-        .unwrap_or(&rest[host_end..]);
-    format!("{}{}:{port}{after_port}", &url[..at], &rest[..host_end])
-}
-
-fn port_of(url: &str) -> u16 {
-    let after = url.rsplit_once('@').map(|(_, r)| r).unwrap_or(url);
-    let p = after.split_once(':').expect("a port in the test URL").1;
-    let digits: String = p.chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().expect("a numeric port")
-}
-
 /// The number that follows `marker` in `line`.
 fn number_after<N: std::str::FromStr>(line: &str, marker: &str) -> N {
     line.split(marker)
@@ -94,16 +69,6 @@ fn number_after<N: std::str::FromStr>(line: &str, marker: &str) -> N {
         .and_then(|w| w.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no number after {marker:?} in {line:?}"))
-}
-
-#[test]
-fn with_port_replaces_only_the_port() {
-    assert_eq!(
-        with_port("postgres://u@127.0.0.1:5432/db?sslmode=prefer", 9),
-        "postgres://u@127.0.0.1:9/db?sslmode=prefer"
-    );
-    assert_eq!(with_port("postgres://u@h/db", 9), "postgres://u@h:9/db");
-    assert_eq!(port_of("postgres://u@127.0.0.1:5432/db"), 5432);
 }
 
 /// Without `--parallelism`, a source 40 ms away gets one worker per 2 ms

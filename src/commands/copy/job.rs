@@ -20,7 +20,7 @@ use super::{rows_text, Event};
 
 /// What this process knows of a task it tried.
 #[derive(Clone)]
-pub(super) struct Tried {
+struct Tried {
     hypertable: QualifiedName,
     chunk: QualifiedName,
     label: String,
@@ -31,11 +31,25 @@ pub(super) struct Tried {
 }
 
 pub(super) struct CopyJob {
-    pub(super) ctx: Context,
-    pub(super) max_attempts: u32,
-    pub(super) analyze: bool,
+    ctx: Context,
+    max_attempts: u32,
+    analyze: bool,
     /// Every task this process tried, for failure records.
-    pub(super) tried: Mutex<HashMap<i64, Tried>>,
+    tried: Mutex<HashMap<i64, Tried>>,
+    /// What starts each task's target transaction (built once).
+    begin: String,
+}
+
+impl CopyJob {
+    pub(super) fn new(ctx: Context, max_attempts: u32, analyze: bool) -> CopyJob {
+        CopyJob {
+            ctx,
+            max_attempts,
+            analyze,
+            tried: Mutex::new(HashMap::new()),
+            begin: format!("{}; {BEGIN_COPY}", crate::db::BEGIN_TARGET),
+        }
+    }
 }
 
 /// The statements that begin the source transaction of a task: read-only,
@@ -77,9 +91,8 @@ impl CopyJob {
     async fn step_inner(&self, c: &Conns) -> Result<Step<Event>, StepError<Event>> {
         // Target: the transaction, the claim and the savepoint after it in
         // one round trip (with no task, the savepoint is rolled back too).
-        let begin = format!("{}; {BEGIN_COPY}", crate::db::BEGIN_TARGET);
         let (begun, noted, claimed, saved) = futures::join!(
-            c.tgt.batch(&begin, "starting a transaction"),
+            c.tgt.batch(&self.begin, "starting a transaction"),
             c.tgt.note_session(),
             queue::claim_copy(&c.tgt, self.max_attempts),
             c.tgt.batch(SAVEPOINT, "starting the task"),

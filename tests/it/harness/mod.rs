@@ -42,6 +42,42 @@ fn with_db(url: &str, name: &str) -> String {
     format!("{host_part}/{name}{query}")
 }
 
+/// `url` with its port replaced (`postgres://u@host:PORT/db?...`).
+pub fn with_port(url: &str, port: u16) -> String {
+    let at = url
+        .find('@')
+        .map(|i| i + 1)
+        .unwrap_or(url.find("://").expect("a URL") + 3);
+    let rest = &url[at..];
+    let host_end = rest.find([':', '/', '?']).unwrap_or(rest.len());
+    let after_port = rest[host_end..]
+        .strip_prefix(':')
+        .map(|p| {
+            let digits = p.find(|c: char| !c.is_ascii_digit()).unwrap_or(p.len());
+            &p[digits..]
+        })
+        .unwrap_or(&rest[host_end..]);
+    format!("{}{}:{port}{after_port}", &url[..at], &rest[..host_end])
+}
+
+/// The port of `url` (`postgres://u@host:PORT/db`).
+pub fn port_of(url: &str) -> u16 {
+    let after = url.rsplit_once('@').map(|(_, r)| r).unwrap_or(url);
+    let p = after.split_once(':').expect("a port in the test URL").1;
+    let digits: String = p.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().expect("a numeric port")
+}
+
+#[test]
+fn with_port_replaces_only_the_port() {
+    assert_eq!(
+        with_port("postgres://u@127.0.0.1:5432/db?sslmode=prefer", 9),
+        "postgres://u@127.0.0.1:9/db?sslmode=prefer"
+    );
+    assert_eq!(with_port("postgres://u@h/db", 9), "postgres://u@h:9/db");
+    assert_eq!(port_of("postgres://u@127.0.0.1:5432/db"), 5432);
+}
+
 pub async fn connect(url: &str) -> Result<Client> {
     let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
